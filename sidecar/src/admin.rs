@@ -1,0 +1,169 @@
+//! The admin API on `--admin-listen`: `/healthz` (the process serves), `/readyz` (NATS connected
+//! and the events stream exists, else `503` with the reason), `/metrics` (OpenMetrics text).
+//! Read only, so it may listen on all interfaces for the kubelet and Prometheus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{StatusCode, header};
+use http_body_util::Full;
+use hyper::Request;
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+
+use crate::broker::Broker;
+use crate::http_server::HttpResponse;
+use crate::shutdown::Shutdown;
+use crate::streams;
+
+/// Whether the sidecar can serve publishes, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyState {
+    pub ready: bool,
+    pub reason: String,
+}
+
+/// Readiness, refreshed by [`Readiness::monitor`] and read by `/readyz`.
+pub struct Readiness {
+    state: ArcSwap<ReadyState>,
+    broker: Broker,
+    stream: String,
+}
+
+impl Readiness {
+    pub fn new(broker: Broker, stream: &str) -> Arc<Self> {
+        Arc::new(Readiness {
+            state: ArcSwap::from_pointee(ReadyState {
+                ready: false,
+                reason: "starting".into(),
+            }),
+            broker,
+            stream: stream.to_owned(),
+        })
+    }
+
+    pub fn current(&self) -> ReadyState {
+        // The connection state is read live: a lost connection must not wait for the next poll.
+        if !self.broker.is_connected() {
+            return ReadyState {
+                ready: false,
+                reason: "NATS is not connected".into(),
+            };
+        }
+        self.state.load().as_ref().clone()
+    }
+
+    async fn probe(&self) -> ReadyState {
+        if !self.broker.is_connected() {
+            return ReadyState {
+                ready: false,
+                reason: "NATS is not connected".into(),
+            };
+        }
+        match self.broker.jetstream().get_stream(&self.stream).await {
+            Ok(_) => ReadyState {
+                ready: true,
+                reason: "ready".into(),
+            },
+            Err(e) if streams::is_not_found(&e) => ReadyState {
+                ready: false,
+                reason: format!(
+                    "stream `{}` does not exist (herald's controller, or `herald dev`, creates it)",
+                    self.stream
+                ),
+            },
+            Err(e) => ReadyState {
+                ready: false,
+                reason: format!("cannot check stream `{}`: {e}", self.stream),
+            },
+        }
+    }
+
+    /// Re-checks every second (every 250 ms while not ready) and logs each change.
+    pub async fn monitor(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            let next = self.probe().await;
+            let prev = self.state.load();
+            if **prev != next {
+                if next.ready {
+                    tracing::info!("ready");
+                } else {
+                    tracing::warn!(reason = %next.reason, "not ready");
+                }
+                self.state.store(Arc::new(next.clone()));
+            }
+            let wait = if next.ready {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Resolves once ready (or never, if it never gets there).
+    pub async fn wait_ready(&self) {
+        while !self.current().ready {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub struct Admin {
+    pub registry: Registry,
+    pub readiness: Arc<Readiness>,
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain; charset=utf-8"),
+            "/readyz" => {
+                let s = self.readiness.current();
+                let status = if s.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text(
+                    status,
+                    format!("{}\n", s.reason),
+                    "text/plain; charset=utf-8",
+                )
+            }
+            "/metrics" => {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+                    Ok(()) => text(
+                        StatusCode::OK,
+                        out,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("encoding metrics failed: {e}\n"),
+                        "text/plain",
+                    ),
+                }
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz or /metrics\n".into(),
+                "text/plain",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, ct: &'static str) -> HttpResponse {
+    let mut r = HttpResponse::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+    r
+}

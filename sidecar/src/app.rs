@@ -1,0 +1,258 @@
+//! Wiring: turns a parsed command line into running parts, and maps failures to exit codes
+//! (64 bad configuration, 69 nats-server missing, 1 anything else at run time).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin::{Admin, Readiness};
+use crate::api::{Api, ApiConfig};
+use crate::broker::{self, Broker, NatsConfig};
+use crate::buffer::AsyncBuffer;
+use crate::config::{
+    self, BenchCommand, Cli, Command, ConfigError, Env, LogFormat, RunMode, ServeConfig,
+    StreamCommand,
+};
+use crate::http_server;
+use crate::metrics::Metrics;
+use crate::natsd::{self, NatsServer, NatsServerOptions, NatsdError};
+use crate::shutdown::Shutdown;
+use crate::streams::{self, StreamPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    NatsServer(#[from] NatsdError),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) => 64,
+            AppError::NatsServer(NatsdError::NotFound(_)) => 69,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs one command.
+pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), AppError> {
+    match cli.command {
+        Command::Sidecar(args) => serve(ServeConfig::resolve(RunMode::Sidecar, &args, env)?).await,
+        Command::Dev(args) => serve(ServeConfig::resolve(RunMode::Dev, &args, env)?).await,
+        Command::Stream {
+            command: StreamCommand::Info(args),
+        } => {
+            init_logging(LogFormat::Text);
+            stream_info(&config::resolve_nats_url(&args, env)?).await
+        }
+        Command::Bench {
+            command: BenchCommand::Publish(args),
+        } => {
+            init_logging(LogFormat::Text);
+            crate::bench::run(args, env).await
+        }
+    }
+}
+
+/// Logs go to stderr; the level comes from `HERALD_LOG` (then `RUST_LOG`), default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = std::env::var("HERALD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// `herald sidecar` and `herald dev`: serve until SIGTERM, SIGINT or `POST /shutdown`, then drain.
+pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
+    init_logging(cfg.log_format);
+    let mut embedded: Option<NatsServer> = None;
+    let url = match &cfg.nats_url {
+        Some(u) => u.clone(),
+        None => {
+            let bin = natsd::find_binary(&cfg.nats_server_bin)?;
+            let opts = NatsServerOptions {
+                bin,
+                port: None,
+                store_dir: None,
+            };
+            let server = tokio::task::spawn_blocking(move || NatsServer::start(&opts))
+                .await
+                .map_err(|e| AppError::Runtime(e.to_string()))??;
+            let url = server.url().to_owned();
+            tracing::info!(nats_url = %url, store = %server.store_dir().display(), "started embedded nats-server");
+            embedded = Some(server);
+            url
+        }
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let nats = NatsConfig {
+        url: url.clone(),
+        name: format!("herald-{}", cfg.app_id),
+    };
+    let client = broker::connect(&nats, metrics.clone())
+        .await
+        .map_err(|e| AppError::Config(ConfigError(vec![format!("--nats-url={url:?}: {e}")])))?;
+    let broker = Broker::new(client, &cfg.stream, cfg.publish_timeout);
+
+    if cfg.mode == RunMode::Dev {
+        create_streams(&broker, &cfg).await?;
+    }
+
+    let bind = |flag: &str, addr| {
+        let flag = flag.to_owned();
+        async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                AppError::Config(ConfigError(vec![format!(
+                    "--{flag}={addr}: cannot listen: {e}"
+                )]))
+            })
+        }
+    };
+    let listener = bind("listen", cfg.listen).await?;
+    let admin_listener = bind("admin-listen", cfg.admin_listen).await?;
+
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .map_err(|e| AppError::Runtime(format!("cannot watch signals: {e}")))?;
+    let (buffer, drainer) = AsyncBuffer::start(broker.clone(), cfg.async_buffer, metrics.clone());
+    let api_cfg = ApiConfig {
+        app_id: cfg.app_id.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        publish_allow: cfg.publish_allow.clone(),
+    };
+    let api = Arc::new(Api::new(
+        api_cfg,
+        broker.clone(),
+        buffer,
+        metrics,
+        shutdown.clone(),
+    ));
+    let readiness = Readiness::new(broker.clone(), &cfg.stream);
+    tokio::spawn(readiness.clone().monitor(shutdown.clone()));
+    let admin = Arc::new(Admin {
+        registry,
+        readiness,
+    });
+
+    // The admin server outlives the drain, so probes and metrics stay answerable during it.
+    let admin_stop = Shutdown::new();
+    let admin_task = tokio::spawn(http_server::serve(
+        "admin",
+        admin_listener,
+        admin_stop.clone(),
+        Duration::from_secs(1),
+        move |_peer, req| admin.clone().handle(req),
+    ));
+    tracing::info!(
+        listen = %cfg.listen, admin_listen = %cfg.admin_listen, app_id = %cfg.app_id, nats_url = %url, stream = %cfg.stream,
+        "herald {} serving", if cfg.mode == RunMode::Dev { "dev" } else { "sidecar" }
+    );
+
+    let grace = cfg.shutdown_grace;
+    http_server::serve(
+        "publish",
+        listener,
+        shutdown.clone(),
+        grace,
+        move |peer, req| api.clone().handle(peer, req),
+    )
+    .await;
+    let started = Instant::now();
+    drainer.drain(grace.saturating_sub(started.elapsed())).await;
+    if tokio::time::timeout(Duration::from_secs(2), broker.client().flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS flush timed out at shutdown");
+    }
+    admin_stop.trigger();
+    let _ = admin_task.await;
+    if let Some(mut server) = embedded {
+        let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates or updates both streams (dev mode) once NATS is reachable.
+async fn create_streams(broker: &Broker, cfg: &ServeConfig) -> Result<(), AppError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !broker.is_connected() {
+        if Instant::now() > deadline {
+            return Err(AppError::Runtime(format!(
+                "cannot reach NATS at {:?} to create the streams",
+                cfg.nats_url
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for policy in [
+        StreamPolicy::events(&cfg.stream),
+        StreamPolicy::dead_letters(&cfg.dlq_stream),
+    ] {
+        let outcome = streams::ensure(broker.jetstream(), &policy)
+            .await
+            .map_err(|e| AppError::Runtime(e.to_string()))?;
+        tracing::info!(stream = %policy.name, ?outcome, "stream ready");
+    }
+    Ok(())
+}
+
+/// `herald stream info`.
+pub async fn stream_info(url: &str) -> Result<(), AppError> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| AppError::Runtime(format!("cannot connect to NATS at {url}: {e}")))?;
+    let js = async_nats::jetstream::new(client);
+    let list = streams::list(&js)
+        .await
+        .map_err(|e| AppError::Runtime(format!("cannot list streams: {e}")))?;
+    if list.is_empty() {
+        println!("no streams at {url}");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>10} {:>12} {:>10} {:<10} {:>10}",
+        "STREAM", "MESSAGES", "BYTES", "CONSUMERS", "RETENTION", "MAX BYTES"
+    );
+    for s in list {
+        let max = if s.max_bytes < 0 {
+            "unlimited".to_owned()
+        } else {
+            streams::human_bytes(s.max_bytes as u64)
+        };
+        let retention = format!("{:?}", s.retention).to_lowercase();
+        println!(
+            "{:<16} {:>10} {:>12} {:>10} {:<10} {:>10}",
+            s.name,
+            s.messages,
+            streams::human_bytes(s.bytes),
+            s.consumers,
+            retention,
+            max
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Command line and configuration. Every flag can also come from `HERALD_<FLAG>` (upper case, `-`
+//! to `_`); a flag wins over its variable. The environment is read through [`Env`] so tests pass a
+//! map instead of mutating the process environment. Every setting is parsed before failing, and
+//! all problems are reported together on one line (exit status 64).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::filter::{self, TypeFilter};
+use crate::streams::{DLQ_STREAM, EVENTS_STREAM};
+
+/// Where environment variables come from.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "CloudEvents pub/sub for every pod: the herald sidecar and local CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The in-pod sidecar: publish API and admin API; expects the streams to exist.
+    Sidecar(ServeArgs),
+    /// Local development: like `sidecar`, plus stream creation, and its own nats-server when no
+    /// --nats-url is given.
+    Dev(ServeArgs),
+    /// Inspect JetStream streams.
+    Stream {
+        #[command(subcommand)]
+        command: StreamCommand,
+    },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Messages, bytes and consumers of every stream (like `nats stream ls`).
+    Info(ConnArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Publish through the sidecar and directly with async-nats in one run, and compare.
+    Publish(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ConnArgs {
+    /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222]
+    #[arg(long)]
+    pub nats_url: Option<String>,
+}
+
+/// Flags of `sidecar` and `dev`. Values stay strings here and are parsed in [`ServeConfig::resolve`],
+/// so the environment and the flags go through the same parser and error messages.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222; dev: start its own]
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Publish API address [default: 127.0.0.1:8250]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Health and metrics address [default: 0.0.0.0:9250; dev: 127.0.0.1:9250]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// The workload's identity: default `source`, consumer names, metrics [dev default: dev]
+    #[arg(long)]
+    pub app_id: Option<String>,
+    /// Events stream [default: HERALD]
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Dead-letter stream [default: HERALD_DLQ]
+    #[arg(long)]
+    pub dlq_stream: Option<String>,
+    /// Largest accepted request body, e.g. 1MiB, 512KiB, 65536 [default: 1MiB]
+    #[arg(long)]
+    pub max_body_bytes: Option<String>,
+    /// How long to wait for JetStream's ack before answering 504, e.g. 5s, 500ms [default: 5s]
+    #[arg(long)]
+    pub publish_timeout: Option<String>,
+    /// Events the async buffer holds (herald-durability: async) [default: 10000]
+    #[arg(long)]
+    pub async_buffer: Option<String>,
+    /// Time to finish in-flight work after SIGTERM [default: 20s]
+    #[arg(long)]
+    pub shutdown_grace: Option<String>,
+    /// Comma-separated type filters this app may publish (others get 403) [default: any]
+    #[arg(long)]
+    pub publish_allow: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// nats-server binary `dev` starts [default: nats-server from PATH]
+    #[arg(long)]
+    pub nats_server_bin: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Sidecar,
+    Dev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved settings of `sidecar` and `dev`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub mode: RunMode,
+    /// `None` in dev mode: start an embedded nats-server.
+    pub nats_url: Option<String>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub app_id: String,
+    pub stream: String,
+    pub dlq_stream: String,
+    pub max_body_bytes: u64,
+    pub publish_timeout: Duration,
+    pub async_buffer: usize,
+    pub shutdown_grace: Duration,
+    pub publish_allow: Vec<TypeFilter>,
+    pub log_format: LogFormat,
+    pub nats_server_bin: String,
+}
+
+/// Bad configuration: every problem, each naming its setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Reads one setting from its flag or its variable and parses it, collecting errors.
+pub struct Resolver<'a> {
+    env: &'a dyn Env,
+    errors: Vec<String>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(env: &'a dyn Env) -> Self {
+        Resolver {
+            env,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The raw value and where it came from (for the error message).
+    fn raw(&self, flag: &str, cli: &Option<String>) -> Option<(String, String)> {
+        let var = format!("HERALD_{}", flag.to_ascii_uppercase().replace('-', "_"));
+        match cli {
+            Some(v) => Some((v.clone(), format!("--{flag}"))),
+            None => self.env.var(&var).map(|v| (v, var)),
+        }
+    }
+
+    pub fn get<T>(
+        &mut self,
+        flag: &str,
+        cli: &Option<String>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (value, origin) = self.raw(flag, cli)?;
+        match parse(value.trim()) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                self.errors.push(format!("{origin}={value:?}: {problem}"));
+                None
+            }
+        }
+    }
+
+    pub fn fail(&mut self, problem: String) {
+        self.errors.push(problem);
+    }
+
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(self.errors))
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn resolve(mode: RunMode, args: &ServeArgs, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut r = Resolver::new(env);
+        let nats_url = r.get("nats-url", &args.nats_url, parse_nats_url);
+        let listen = r.get("listen", &args.listen, parse_addr);
+        let admin_listen = r.get("admin-listen", &args.admin_listen, parse_addr);
+        let app_id = r.get("app-id", &args.app_id, parse_app_id);
+        let stream = r.get("stream", &args.stream, parse_stream_name);
+        let dlq_stream = r.get("dlq-stream", &args.dlq_stream, parse_stream_name);
+        let max_body_bytes = r.get("max-body-bytes", &args.max_body_bytes, parse_bytes);
+        let publish_timeout = r.get(
+            "publish-timeout",
+            &args.publish_timeout,
+            parse_positive_duration,
+        );
+        let async_buffer = r.get("async-buffer", &args.async_buffer, |v| {
+            parse_count(v, 1, 10_000_000)
+        });
+        let shutdown_grace = r.get("shutdown-grace", &args.shutdown_grace, parse_duration);
+        let publish_allow = r.get("publish-allow", &args.publish_allow, |v| {
+            filter::parse_list(v).map_err(|e| e.to_string())
+        });
+        let log_format = r.get("log-format", &args.log_format, |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be `text` or `json`".into()),
+        });
+        let nats_server_bin = r.get("nats-server-bin", &args.nats_server_bin, |v| {
+            Ok(v.to_owned())
+        });
+        let app_id = match (app_id, mode) {
+            (Some(a), _) => a,
+            (None, RunMode::Dev) => "dev".to_owned(),
+            (None, RunMode::Sidecar) => {
+                r.fail(
+                    "--app-id (HERALD_APP_ID): required in sidecar mode (the injector sets it)"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+        let default_admin = match mode {
+            RunMode::Sidecar => "0.0.0.0:9250",
+            RunMode::Dev => "127.0.0.1:9250",
+        };
+        let nats_url = match mode {
+            RunMode::Sidecar => Some(nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into())),
+            RunMode::Dev => nats_url,
+        };
+        r.finish()?;
+        Ok(ServeConfig {
+            mode,
+            nats_url,
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8250))),
+            admin_listen: admin_listen.unwrap_or_else(|| {
+                default_admin
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9250)))
+            }),
+            app_id,
+            stream: stream.unwrap_or_else(|| EVENTS_STREAM.into()),
+            dlq_stream: dlq_stream.unwrap_or_else(|| DLQ_STREAM.into()),
+            max_body_bytes: max_body_bytes.unwrap_or(1 << 20),
+            publish_timeout: publish_timeout.unwrap_or(Duration::from_secs(5)),
+            async_buffer: async_buffer.unwrap_or(10_000),
+            shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(20)),
+            publish_allow: publish_allow.unwrap_or_default(),
+            log_format: log_format.unwrap_or(LogFormat::Text),
+            nats_server_bin: nats_server_bin.unwrap_or_else(|| "nats-server".into()),
+        })
+    }
+}
+
+/// Resolves `--nats-url` for the commands that only connect.
+pub fn resolve_nats_url(args: &ConnArgs, env: &dyn Env) -> Result<String, ConfigError> {
+    let mut r = Resolver::new(env);
+    let url = r.get("nats-url", &args.nats_url, parse_nats_url);
+    r.finish()?;
+    Ok(url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
+}
+
+pub fn parse_nats_url(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        return Err("must name at least one server".into());
+    }
+    for u in v.split(',') {
+        u.trim()
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("`{}` is not a NATS URL: {e}", u.trim()))?;
+    }
+    Ok(v.to_owned())
+}
+
+pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| "must be an IP address and port, such as 127.0.0.1:8250".into())
+}
+
+fn parse_app_id(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("must be non-empty, without whitespace".into())
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+fn parse_stream_name(v: &str) -> Result<String, String> {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(v.to_owned())
+    } else {
+        Err("a stream name is letters, digits, `_` and `-`".into())
+    }
+}
+
+pub fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
+    }
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let err = || format!("must be a duration such as 500ms, 5s, 2m or 1h");
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| err())
+}
+
+fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
+/// `1048576`, `512KiB`, `1MiB` (also `KB`/`MB` as powers of 1000).
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let err = || "must be a size such as 1048576, 512KiB or 1MiB".to_string();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(err()),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err("must be more than zero and fit in 64 bits".into()),
+        Some(b) => Ok(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flag_wins_over_variable_and_defaults_fill_the_rest() {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:7000".into()),
+            ..Default::default()
+        };
+        let e = env(&[
+            ("HERALD_LISTEN", "127.0.0.1:1"),
+            ("HERALD_APP_ID", "orders"),
+            ("HERALD_PUBLISH_TIMEOUT", "250ms"),
+        ]);
+        let c = ServeConfig::resolve(RunMode::Sidecar, &args, &e).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.app_id, "orders");
+        assert_eq!(c.publish_timeout, Duration::from_millis(250));
+        assert_eq!(c.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9250");
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        let d = ServeConfig::resolve(RunMode::Dev, &ServeArgs::default(), &env(&[])).unwrap();
+        assert_eq!(
+            (d.nats_url, d.app_id.as_str(), d.admin_listen.to_string()),
+            (None, "dev", "127.0.0.1:9250".into())
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_setting() {
+        let args = ServeArgs {
+            max_body_bytes: Some("lots".into()),
+            ..Default::default()
+        };
+        let e = env(&[
+            ("HERALD_LISTEN", "localhost"),
+            ("HERALD_PUBLISH_ALLOW", "a..b"),
+        ]);
+        let err = ServeConfig::resolve(RunMode::Sidecar, &args, &e).unwrap_err();
+        let line = err.to_string();
+        assert!(!line.contains('\n'));
+        for needle in [
+            "--max-body-bytes",
+            "HERALD_LISTEN",
+            "HERALD_PUBLISH_ALLOW",
+            "--app-id",
+        ] {
+            assert!(line.contains(needle), "{needle} missing from: {line}");
+        }
+        assert_eq!(err.0.len(), 4);
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert!(parse_bytes("0").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,705 @@
+//! The CloudEvent as herald stores it, and its decoding from the three HTTP content modes.
+//!
+//! herald keeps an event as its context attributes (strings, in the form the HTTP binding writes
+//! them) plus the data bytes **exactly as received**. That is why this module decodes the HTTP
+//! binding itself instead of going through `cloudevents-sdk`'s `Event`: the SDK parses structured
+//! `data` into a `serde_json::Value` (keys reordered, numbers rewritten) and normalises `time`, and a
+//! publisher must get back the bytes it sent. The SDK is used by the end-to-end tests as the
+//! independent client that proves wire compatibility.
+//!
+//! Every rule violation is an [`EventError`] naming the attribute and the rule, which the publish
+//! API turns into `400`.
+
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Header prefix of binary-mode attributes, in HTTP and in NATS.
+pub const CE_PREFIX: &str = "ce-";
+
+/// Characters the HTTP binding says must be percent-encoded in a header value (non-ASCII bytes are
+/// always encoded by `percent-encoding`). NATS headers carry the same form, so delivery can copy them.
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// A CloudEvents 1.0 event, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub ty: String,
+    pub datacontenttype: Option<String>,
+    /// Optional attributes (`time`, `dataschema`, `subject`) and extensions, in arrival order, in
+    /// their canonical string form.
+    pub attributes: Vec<(String, String)>,
+    pub data: Bytes,
+}
+
+impl Event {
+    /// The value of an optional attribute or extension.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A CloudEvent that breaks a rule of the specification (or of herald's publish API).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// An attribute is missing or invalid.
+    #[error("attribute `{attribute}`: {rule}")]
+    Attribute { attribute: String, rule: String },
+    /// The body is not what the content type promises.
+    #[error("body: {0}")]
+    Body(String),
+}
+
+impl EventError {
+    fn attr(attribute: &str, rule: impl Into<String>) -> Self {
+        EventError::Attribute {
+            attribute: attribute.to_owned(),
+            rule: rule.into(),
+        }
+    }
+
+    /// The attribute the error is about, if any.
+    pub fn attribute(&self) -> Option<&str> {
+        match self {
+            EventError::Attribute { attribute, .. } => Some(attribute),
+            EventError::Body(_) => None,
+        }
+    }
+}
+
+/// Distributed trace context that arrived with the HTTP request (W3C Trace Context headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        TraceContext {
+            traceparent: get("traceparent"),
+            tracestate: get("tracestate"),
+        }
+    }
+}
+
+/// Collects attributes from any mode and checks them once, so every mode follows the same rules.
+#[derive(Default)]
+pub struct EventBuilder {
+    specversion: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    ty: Option<String>,
+    datacontenttype: Option<String>,
+    attributes: Vec<(String, String)>,
+}
+
+impl EventBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets an attribute; rejects bad names and attributes given twice.
+    pub fn set(&mut self, name: &str, value: String) -> Result<(), EventError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(EventError::attr(
+                name,
+                "attribute names are lower-case letters a-z and digits 0-9",
+            ));
+        }
+        let slot = match name {
+            "specversion" => &mut self.specversion,
+            "id" => &mut self.id,
+            "source" => &mut self.source,
+            "type" => &mut self.ty,
+            "datacontenttype" => &mut self.datacontenttype,
+            "data" => {
+                return Err(EventError::attr(
+                    name,
+                    "`data` is reserved and cannot be an attribute",
+                ));
+            }
+            _ => {
+                if self.attributes.iter().any(|(n, _)| n == name) {
+                    return Err(EventError::attr(name, "given more than once"));
+                }
+                self.attributes.push((name.to_owned(), value));
+                return Ok(());
+            }
+        };
+        if slot.is_some() {
+            return Err(EventError::attr(name, "given more than once"));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match name {
+            "specversion" => self.specversion.is_some(),
+            "id" => self.id.is_some(),
+            "source" => self.source.is_some(),
+            "type" => self.ty.is_some(),
+            "datacontenttype" => self.datacontenttype.is_some(),
+            _ => self.attributes.iter().any(|(n, _)| n == name),
+        }
+    }
+
+    /// Sets `name` only when it was not given.
+    pub fn set_default(
+        &mut self,
+        name: &str,
+        value: impl FnOnce() -> String,
+    ) -> Result<(), EventError> {
+        if self.has(name) {
+            Ok(())
+        } else {
+            self.set(name, value())
+        }
+    }
+
+    /// Validates everything and returns the event.
+    pub fn finish(self, data: Bytes) -> Result<Event, EventError> {
+        match self.specversion.as_deref() {
+            None => return Err(EventError::attr("specversion", "required")),
+            Some("1.0") => {}
+            Some(_) => {
+                return Err(EventError::attr(
+                    "specversion",
+                    "must be \"1.0\" (herald speaks CloudEvents 1.0)",
+                ));
+            }
+        }
+        let id = non_empty("id", self.id)?;
+        let source = non_empty("source", self.source)?;
+        if source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(EventError::attr(
+                "source",
+                "must be a URI-reference (no whitespace or control characters)",
+            ));
+        }
+        let ty = non_empty("type", self.ty)?;
+        if let Some(ct) = &self.datacontenttype {
+            if !is_media_type(ct) {
+                return Err(EventError::attr(
+                    "datacontenttype",
+                    "must be a media type such as application/json (RFC 2046)",
+                ));
+            }
+        }
+        for (name, value) in &self.attributes {
+            match name.as_str() {
+                "time" => {
+                    if chrono::DateTime::parse_from_rfc3339(value).is_err() {
+                        return Err(EventError::attr(
+                            "time",
+                            "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z",
+                        ));
+                    }
+                }
+                "dataschema" => {
+                    if !is_absolute_uri(value) {
+                        return Err(EventError::attr("dataschema", "must be an absolute URI"));
+                    }
+                }
+                "subject" => {
+                    if value.is_empty() {
+                        return Err(EventError::attr(
+                            "subject",
+                            "must not be empty when present",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Event {
+            id,
+            source,
+            ty,
+            datacontenttype: self.datacontenttype,
+            attributes: self.attributes,
+            data,
+        })
+    }
+}
+
+fn non_empty(name: &str, v: Option<String>) -> Result<String, EventError> {
+    match v {
+        None => Err(EventError::attr(name, "required")),
+        Some(v) if v.is_empty() => Err(EventError::attr(name, "must be a non-empty string")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn is_media_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    match essence.split_once('/') {
+        Some((t, s)) => !t.is_empty() && !s.is_empty() && !essence.contains(char::is_whitespace),
+        None => false,
+    }
+}
+
+fn is_absolute_uri(v: &str) -> bool {
+    match v.split_once(':') {
+        Some((scheme, _)) => {
+            let mut b = scheme.bytes();
+            b.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+                && !v.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Whether a media type says the data is JSON (so structured `data` is kept as JSON text).
+pub fn is_json(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// Encodes an attribute value for an HTTP or NATS header.
+pub fn encode_header_value(v: &str) -> String {
+    utf8_percent_encode(v, HEADER_VALUE).to_string()
+}
+
+/// Decodes a binary-mode header value.
+pub fn decode_header_value(attribute: &str, raw: &http::HeaderValue) -> Result<String, EventError> {
+    let s = raw.to_str().map_err(|_| {
+        EventError::attr(
+            attribute,
+            "header value must be visible ASCII; percent-encode other characters",
+        )
+    })?;
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| EventError::attr(attribute, "percent-encoded value is not UTF-8"))
+}
+
+/// Reads the `ce-*` headers and `Content-Type` of a binary-mode request into `b`.
+pub fn read_binary_headers(
+    b: &mut EventBuilder,
+    headers: &http::HeaderMap,
+) -> Result<(), EventError> {
+    for (name, value) in headers {
+        let name = name.as_str();
+        if let Some(attr) = name.strip_prefix(CE_PREFIX) {
+            b.set(attr, decode_header_value(attr, value)?)?;
+        }
+    }
+    if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().map_err(|_| {
+            EventError::attr("datacontenttype", "Content-Type must be visible ASCII")
+        })?;
+        b.set("datacontenttype", ct.to_owned())?;
+    }
+    Ok(())
+}
+
+/// Binary mode: attributes in `ce-*` headers, the body is the data.
+pub fn from_binary(headers: &http::HeaderMap, body: Bytes) -> Result<Event, EventError> {
+    let mut b = EventBuilder::new();
+    read_binary_headers(&mut b, headers)?;
+    b.finish(body)
+}
+
+/// The members of a JSON object in order, values left unparsed, duplicates detected.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object (one CloudEvent)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, &'de RawValue)> = Vec::with_capacity(8);
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    if out.iter().any(|(n, _)| *n == k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "member `{k}` appears twice"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Structured mode: one JSON object. `body` is the buffer `json` was cut from, so `data` can be
+/// kept as a zero-copy slice of it.
+pub fn from_structured(body: &Bytes, json: &[u8]) -> Result<Event, EventError> {
+    let members: Members =
+        serde_json::from_slice(json).map_err(|e| EventError::Body(format!("invalid JSON: {e}")))?;
+    let mut b = EventBuilder::new();
+    let mut data: Option<&RawValue> = None;
+    let mut data_base64: Option<&RawValue> = None;
+    for (name, raw) in members.0 {
+        match name.as_str() {
+            "data" => data = Some(raw),
+            "data_base64" => data_base64 = Some(raw),
+            _ => {
+                let value: serde_json::Value = serde_json::from_str(raw.get())
+                    .map_err(|e| EventError::Body(format!("invalid JSON: {e}")))?;
+                let value = match value {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Bool(v) => v.to_string(),
+                    serde_json::Value::Number(_) => raw.get().to_owned(),
+                    _ => {
+                        return Err(EventError::attr(
+                            &name,
+                            "must be a string, number or boolean",
+                        ));
+                    }
+                };
+                b.set(&name, value)?;
+            }
+        }
+    }
+    let data = match (data, data_base64) {
+        (Some(_), Some(_)) => {
+            return Err(EventError::attr(
+                "data_base64",
+                "`data` and `data_base64` are mutually exclusive",
+            ));
+        }
+        (None, Some(raw)) => {
+            let s: Option<String> = serde_json::from_str(raw.get())
+                .map_err(|_| EventError::attr("data_base64", "must be a base64 string"))?;
+            match s {
+                None => Bytes::new(),
+                Some(s) => {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s.as_bytes())
+                        .map(Bytes::from)
+                        .map_err(|_| {
+                            EventError::attr("data_base64", "must be standard base64 (RFC 4648)")
+                        })?
+                }
+            }
+        }
+        (Some(raw), None) if raw.get() == "null" => Bytes::new(),
+        (Some(raw), None) => {
+            match b.datacontenttype.as_deref() {
+                // No datacontenttype means JSON (JSON event format §3.1); say so in the binary form
+                // we store, or a consumer could not tell.
+                None => b.datacontenttype = Some("application/json".to_owned()),
+                Some(ct) if is_json(ct) => {}
+                Some(_) if raw.get().starts_with('"') => {
+                    // Non-JSON data carried as a JSON string: the data is the string's content.
+                    let s: String = serde_json::from_str(raw.get())
+                        .map_err(|e| EventError::Body(format!("invalid JSON: {e}")))?;
+                    return b.finish(Bytes::from(s));
+                }
+                Some(_) => {}
+            }
+            slice_of(body, raw.get().as_bytes())
+        }
+        (None, None) => Bytes::new(),
+    };
+    b.finish(data)
+}
+
+/// `part` as a zero-copy slice of `body` when it lies inside it, else a copy.
+fn slice_of(body: &Bytes, part: &[u8]) -> Bytes {
+    let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+    let p = part.as_ptr() as usize;
+    if p >= start && p + part.len() <= end {
+        body.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
+/// Batch mode: a JSON array of structured events. The outer error is for a body that is not an
+/// array; each element then succeeds or fails on its own.
+pub fn from_batch(body: &Bytes) -> Result<Vec<Result<Event, EventError>>, EventError> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        EventError::Body(format!("a batch must be a JSON array of CloudEvents: {e}"))
+    })?;
+    Ok(items
+        .into_iter()
+        .map(|raw| from_structured(body, raw.get().as_bytes()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const MIN: &[(&str, &str)] = &[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "shop"),
+        ("ce-type", "order.created.v1"),
+    ];
+
+    #[test]
+    fn binary_keeps_attributes_extensions_and_bytes() {
+        let mut h = headers(MIN);
+        h.insert(
+            "ce-myext",
+            HeaderValue::from_static("caf%C3%A9%20au%20lait"),
+        );
+        h.insert(
+            "ce-time",
+            HeaderValue::from_static("2024-05-01T12:00:00.123456789+02:00"),
+        );
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        let ev = from_binary(&h, Bytes::from_static(b"{\"b\":1,\"a\":1.0}")).unwrap();
+        assert_eq!(ev.attribute("myext"), Some("café au lait"));
+        assert_eq!(
+            ev.attribute("time"),
+            Some("2024-05-01T12:00:00.123456789+02:00")
+        );
+        assert_eq!(
+            ev.datacontenttype.as_deref(),
+            Some("application/json; charset=utf-8")
+        );
+        assert_eq!(&ev.data[..], b"{\"b\":1,\"a\":1.0}");
+    }
+
+    #[test]
+    fn binary_errors_name_the_attribute() {
+        let cases: &[(&[(&'static str, &str)], &str)] = &[
+            (
+                &[("ce-id", "1"), ("ce-source", "s"), ("ce-type", "t")],
+                "specversion",
+            ),
+            (
+                &[
+                    ("ce-specversion", "0.3"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                "specversion",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                "id",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", ""),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                "id",
+            ),
+            (
+                &[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t")],
+                "source",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                ],
+                "type",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("ce-time", "yesterday"),
+                ],
+                "time",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("ce-dataschema", "no scheme"),
+                ],
+                "dataschema",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("ce-Bad_Name", "x"),
+                ],
+                "bad_name",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-id", "2"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                "id",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("ce-x", "%FF"),
+                ],
+                "x",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("content-type", "json"),
+                ],
+                "datacontenttype",
+            ),
+        ];
+        for (h, attr) in cases {
+            let err = from_binary(&headers(h), Bytes::new()).unwrap_err();
+            assert_eq!(err.attribute(), Some(*attr), "{h:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn structured_keeps_json_data_bytes_exact() {
+        let body = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"shop","type":"t","n":5,"ok":true,"nothing":null,
+                "data":{"z":1,"a":12345678901234567890123,"f":1.50}}"#,
+        );
+        let ev = from_structured(&body, &body).unwrap();
+        assert_eq!(
+            &ev.data[..],
+            br#"{"z":1,"a":12345678901234567890123,"f":1.50}"#
+        );
+        assert_eq!(ev.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(ev.attribute("n"), Some("5"));
+        assert_eq!(ev.attribute("ok"), Some("true"));
+        assert_eq!(ev.attribute("nothing"), None);
+    }
+
+    #[test]
+    fn structured_text_and_base64_data() {
+        let body = Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"text/plain","data":"hi \"there\""}"#);
+        assert_eq!(
+            &from_structured(&body, &body).unwrap().data[..],
+            b"hi \"there\""
+        );
+        let body = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"AAEC/w=="}"#,
+        );
+        assert_eq!(
+            &from_structured(&body, &body).unwrap().data[..],
+            &[0, 1, 2, 255]
+        );
+    }
+
+    #[test]
+    fn structured_errors() {
+        let bad = |j: &str| {
+            let b = Bytes::from(j.to_owned());
+            from_structured(&b, &b).unwrap_err()
+        };
+        assert!(matches!(bad("{"), EventError::Body(_)));
+        assert!(matches!(bad("[1]"), EventError::Body(_)));
+        assert!(matches!(bad(r#"{"id":"1","id":"2"}"#), EventError::Body(_)));
+        assert_eq!(
+            bad(r#"{"specversion":"1.0","id":1,"source":"s","type":"t","x":{}}"#).attribute(),
+            Some("x")
+        );
+        assert_eq!(bad(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":1,"data_base64":"AA=="}"#).attribute(), Some("data_base64"));
+        assert_eq!(
+            bad(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}"#)
+                .attribute(),
+            Some("data_base64")
+        );
+        assert_eq!(
+            bad(r#"{"specversion":"1.0","source":"s","type":"t"}"#).attribute(),
+            Some("id")
+        );
+    }
+
+    #[test]
+    fn batch_items_fail_alone() {
+        let body = Bytes::from_static(
+            br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},{"id":"2"},{"specversion":"1.0","id":"3","source":"s","type":"t","data":[1, 2]}]"#,
+        );
+        let items = from_batch(&body).unwrap();
+        assert!(items[0].is_ok());
+        assert_eq!(
+            items[1].as_ref().unwrap_err().attribute(),
+            Some("specversion")
+        );
+        assert_eq!(&items[2].as_ref().unwrap().data[..], b"[1, 2]");
+        assert!(from_batch(&Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn header_values_roundtrip() {
+        for v in ["plain", "a b", "100%", "\"q\"", "é ü", "line\nbreak"] {
+            let enc = encode_header_value(v);
+            assert!(
+                enc.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"'),
+                "{enc}"
+            );
+            assert_eq!(
+                decode_header_value("x", &HeaderValue::from_str(&enc).unwrap()).unwrap(),
+                v
+            );
+        }
+    }
+}

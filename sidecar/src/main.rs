@@ -1,0 +1,42 @@
+//! The `herald` binary: parse, run, exit. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use herald_sidecar::config::{Cli, ProcessEnv};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    match runtime.block_on(herald_sidecar::app::main(cli, &ProcessEnv)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
