@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -266,11 +266,16 @@ impl Api {
         ))
     }
 
-    /// Reads the body up to the limit, refusing early when `Content-Length` already says too much,
-    /// so an oversized body is never buffered.
-    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, PublishError> {
+    /// Reads the body up to the limit. Past the limit nothing more is kept: the rest is read and
+    /// discarded (up to [`DISCARD_LIMIT`] times the limit, for at most [`DISCARD_TIME`]) so the
+    /// client, still writing, receives its `413` instead of a broken pipe.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        mut body: Incoming,
+    ) -> Result<Bytes, PublishError> {
         let limit = self.cfg.max_body_bytes;
-        let too_large = PublishError::TooLarge {
+        let too_large = || PublishError::TooLarge {
             what: "the request body",
             limit,
         };
@@ -279,16 +284,25 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Err(too_large);
+            discard(body, limit).await;
+            return Err(too_large());
         }
-        match Limited::new(body, limit as usize).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
-            Err(e) => Err(PublishError::BadRequest {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| PublishError::BadRequest {
                 name: "body",
                 rule: format!("could not be read: {e}"),
-            }),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if (buf.len() + data.len()) as u64 > limit {
+                    drop(buf);
+                    discard(body, limit).await;
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
         }
+        Ok(buf.freeze())
     }
 
     fn check_allowed(&self, ev: &Event) -> Result<(), PublishError> {
@@ -400,6 +414,25 @@ impl Api {
                 .inc_by(n);
         }
     }
+}
+
+/// How much of an oversized body is read and thrown away, as a multiple of the limit.
+const DISCARD_LIMIT: u64 = 16;
+/// How long discarding an oversized body may take.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn discard(mut body: Incoming, limit: u64) {
+    let cap = limit.saturating_mul(DISCARD_LIMIT);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > cap {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn durability(headers: &HeaderMap, query: Option<&str>) -> Result<Mode, PublishError> {

@@ -207,7 +207,7 @@ async fn create_streams(broker: &Broker, cfg: &ServeConfig) -> Result<(), AppErr
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for policy in [
-        StreamPolicy::events(&cfg.stream),
+        StreamPolicy::dev_events(&cfg.stream),
         StreamPolicy::dead_letters(&cfg.dlq_stream),
     ] {
         let outcome = streams::ensure(broker.jetstream(), &policy)

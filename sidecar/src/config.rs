@@ -341,7 +341,7 @@ pub fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
 
 /// `500ms`, `5s`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let err = || format!("must be a duration such as 500ms, 5s, 2m or 1h");
+    let err = || "must be a duration such as 500ms, 5s, 2m or 1h".to_string();
     let split = v
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(v.len());

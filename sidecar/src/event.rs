@@ -195,39 +195,26 @@ impl EventBuilder {
             ));
         }
         let ty = non_empty("type", self.ty)?;
-        if let Some(ct) = &self.datacontenttype {
-            if !is_media_type(ct) {
-                return Err(EventError::attr(
-                    "datacontenttype",
-                    "must be a media type such as application/json (RFC 2046)",
-                ));
-            }
+        if self
+            .datacontenttype
+            .as_deref()
+            .is_some_and(|ct| !is_media_type(ct))
+        {
+            return Err(EventError::attr(
+                "datacontenttype",
+                "must be a media type such as application/json (RFC 2046)",
+            ));
         }
         for (name, value) in &self.attributes {
-            match name.as_str() {
-                "time" => {
-                    if chrono::DateTime::parse_from_rfc3339(value).is_err() {
-                        return Err(EventError::attr(
-                            "time",
-                            "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z",
-                        ));
-                    }
+            let rule = match name.as_str() {
+                "time" if chrono::DateTime::parse_from_rfc3339(value).is_err() => {
+                    "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z"
                 }
-                "dataschema" => {
-                    if !is_absolute_uri(value) {
-                        return Err(EventError::attr("dataschema", "must be an absolute URI"));
-                    }
-                }
-                "subject" => {
-                    if value.is_empty() {
-                        return Err(EventError::attr(
-                            "subject",
-                            "must not be empty when present",
-                        ));
-                    }
-                }
-                _ => {}
-            }
+                "dataschema" if !is_absolute_uri(value) => "must be an absolute URI",
+                "subject" if value.is_empty() => "must not be empty when present",
+                _ => continue,
+            };
+            return Err(EventError::attr(name, rule));
         }
         Ok(Event {
             id,

@@ -48,6 +48,17 @@ impl StreamPolicy {
         }
     }
 
+    /// The events stream of `herald dev`: `limits` retention with a 24 h max age instead of
+    /// `interest`, so what an app publishes locally stays visible (`herald stream info`) and
+    /// replayable before any subscriber exists. Clusters keep the interest default.
+    pub fn dev_events(name: &str) -> Self {
+        StreamPolicy {
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Self::events(name)
+        }
+    }
+
     /// The dead-letter stream: limits retention with a max age, so a dead letter outlives the
     /// interest of the consumer that gave up on it; when full, the oldest dead letters go.
     pub fn dead_letters(name: &str) -> Self {

@@ -1,1 +1,241 @@
+//! The end-to-end harness: real processes on free ports, cleaned up on drop.
+//!
+//! - [`Nats`]: a real `nats-server -js` (binary from `HERALD_TEST_NATS_SERVER`, else `nats-server`
+//!   from PATH), random port, temporary store; restartable on the same port to simulate outages.
+//! - [`Herald`]: the real `herald` binary (`HERALD_BIN`, else `target/debug/herald`; `scripts/test`
+//!   builds it first) as a child process on free ports.
+//! - helpers to create streams with herald's own policy code and read back what JetStream stored.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::StreamMessage};
+use herald_sidecar::natsd::{NatsServer, NatsServerOptions, find_binary};
+use herald_sidecar::streams::{self, StreamPolicy};
+
+pub use herald_sidecar;
+
+/// A real nats-server for one test.
+pub struct Nats {
+    pub server: NatsServer,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let name =
+            std::env::var("HERALD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let bin = find_binary(&name).unwrap_or_else(|e| panic!("{e}"));
+        let server = NatsServer::start(&NatsServerOptions {
+            bin,
+            port: None,
+            store_dir: None,
+        })
+        .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+        Nats { server }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url().to_owned()
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server");
+        jetstream::new(client)
+    }
+
+    /// Creates `HERALD` (limits retention, so events stay without consumers) and `HERALD_DLQ`.
+    pub async fn create_streams(&self) -> jetstream::Context {
+        let js = self.jetstream().await;
+        streams::ensure(&js, &StreamPolicy::dev_events("HERALD"))
+            .await
+            .expect("create HERALD");
+        streams::ensure(&js, &StreamPolicy::dead_letters("HERALD_DLQ"))
+            .await
+            .expect("create HERALD_DLQ");
+        js
+    }
+}
+
+/// Every message of a stream, in order.
+pub async fn stored(js: &jetstream::Context, stream: &str) -> Vec<StreamMessage> {
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    let info = s.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if info.messages == 0 {
+        return out;
+    }
+    for seq in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// A header of a stored message as a string.
+pub fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind :0")
+}
+
+pub fn herald_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HERALD_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/herald");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --bin herald` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A running `herald` process.
+pub struct Herald {
+    child: Child,
+    /// `http://127.0.0.1:<port>` of the publish API.
+    pub url: String,
+    /// `http://127.0.0.1:<port>` of the admin API.
+    pub admin: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Herald {
+    /// Starts `herald <mode> <args>` on free ports and waits until `/healthz` answers.
+    pub async fn start(mode: &str, args: &[&str]) -> Self {
+        Self::start_with_env(mode, args, &[]).await
+    }
+
+    pub async fn start_with_env(mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let (port, admin_port) = (free_port(), free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("herald.log");
+        let child = Command::new(herald_bin())
+            .arg(mode)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("HERALD_LOG", "info,herald_sidecar=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn herald");
+        let h = Herald {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log,
+            _dir: dir,
+        };
+        h.wait_for("/healthz", 200).await;
+        h
+    }
+
+    /// `herald sidecar` against `nats`, with app id `test`.
+    pub async fn sidecar(nats: &Nats, args: &[&str]) -> Self {
+        let mut all = vec!["--nats-url", nats.server.url(), "--app-id", "test"];
+        all.extend_from_slice(args);
+        // `nats.server.url()` borrows `nats`; the process copies its arguments at spawn.
+        Self::start("sidecar", &all).await
+    }
+
+    /// Polls an admin path until it answers `status` (20 s at most).
+    pub async fn wait_for(&self, path: &str, status: u16) {
+        let client = reqwest::Client::new();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answered = client
+                .get(format!("{}{path}", self.admin))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            if answered.is_ok_and(|s| s == status) {
+                return;
+            }
+            if Instant::now() > until {
+                panic!(
+                    "{path} never answered {status}; herald log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        self.wait_for("/readyz", 200).await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sigterm(&self) {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGTERM,
+        );
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `herald` with arguments to completion (for CLI tests).
+pub fn herald_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(herald_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run herald")
+}

@@ -1,0 +1,96 @@
+//! The command line: exit codes, configuration errors, `herald dev` and `herald stream info`.
+
+use herald_tests::{Herald, Nats, herald_output};
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_naming_each_setting() {
+    let out = herald_output(
+        &[
+            "sidecar",
+            "--listen",
+            "nowhere",
+            "--publish-timeout",
+            "soon",
+        ],
+        &[("HERALD_MAX_BODY_BYTES", "huge")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for needle in [
+        "--listen",
+        "--publish-timeout",
+        "HERALD_MAX_BODY_BYTES",
+        "--app-id",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let out = herald_output(&["sidecar", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn dev_without_nats_server_says_how_to_install_it_and_exits_69() {
+    let out = herald_output(
+        &["dev", "--nats-server-bin", "/nonexistent/nats-server"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("apt-get install nats-server"), "{err}");
+}
+
+#[tokio::test]
+async fn dev_starts_its_own_server_creates_the_streams_and_stream_info_shows_them() {
+    let h = Herald::start("dev", &[]).await;
+    h.wait_ready().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/events/order.created.v1", h.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let log = h.log_text();
+    let url = log
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("nats_url="))
+        .expect("dev logs the embedded server's URL")
+        .to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        herald_output(&["stream", "info", "--nats-url", &url], &[])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("HERALD "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<_> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "1", "{text}");
+    assert!(text.lines().any(|l| l.starts_with("HERALD_DLQ")), "{text}");
+}
+
+#[tokio::test]
+async fn stream_info_reads_the_url_from_the_environment() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let url = nats.url();
+    let out = tokio::task::spawn_blocking(move || {
+        herald_output(&["stream", "info"], &[("HERALD_NATS_URL", &url)])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("HERALD_DLQ")
+    );
+}

@@ -1,0 +1,829 @@
+//! The publish path end to end: the real `herald` binary in front of a real nats-server.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cloudevents::binding::reqwest::RequestBuilderExt as _;
+use cloudevents::{EventBuilder as _, EventBuilderV10};
+use futures::StreamExt as _;
+use herald_tests::{Herald, Nats, header, stored};
+use serde_json::{Value, json};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn publish_binary(h: &Herald, id: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/publish", h.url))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "shop")
+        .header("ce-type", "order.created.v1")
+        .header("content-type", "application/json")
+        .body(format!("{{\"n\":\"{id}\"}}"))
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn sdk_binary_mode_keeps_every_attribute_and_the_data_bytes() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+
+    let data = br#"{"z":1,"a":[1.50,2e3],"big":123456789012345678901234567890}"#.to_vec();
+    let event = EventBuilderV10::new()
+        .id("evt-1")
+        .source("https://shop.example/orders")
+        .ty("order.created.v1")
+        .subject("order/42")
+        .time("2024-05-01T12:00:00Z")
+        .extension("tenant", "acme corp")
+        .extension("priority", 5)
+        .data("application/json", data.clone())
+        .build()
+        .unwrap();
+    let resp = client()
+        .post(format!("{}/publish", h.url))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("tracestate", "vendor=x")
+        .event(event)
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+
+    let msgs = stored(&js, "HERALD").await;
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(
+        m.subject.as_str(),
+        "herald.https~3A~2F~2Fshop~2Eexample~2Forders.order.created.v1"
+    );
+    assert_eq!(&m.payload[..], &data[..], "data bytes must be exact");
+    assert_eq!(header(m, "ce-id"), Some("evt-1"));
+    assert_eq!(header(m, "ce-specversion"), Some("1.0"));
+    assert_eq!(header(m, "ce-source"), Some("https://shop.example/orders"));
+    assert_eq!(header(m, "ce-type"), Some("order.created.v1"));
+    assert_eq!(header(m, "ce-subject"), Some("order/42"));
+    assert!(
+        header(m, "ce-time")
+            .unwrap()
+            .starts_with("2024-05-01T12:00:00")
+    );
+    assert_eq!(
+        header(m, "ce-tenant"),
+        Some("acme%20corp"),
+        "values are stored percent-encoded like HTTP headers"
+    );
+    assert_eq!(header(m, "ce-priority"), Some("5"));
+    assert_eq!(header(m, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(m, "traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(header(m, "tracestate"), Some("vendor=x"));
+    assert_eq!(
+        header(m, "Nats-Msg-Id"),
+        Some("https://shop.example/orders evt-1")
+    );
+}
+
+#[tokio::test]
+async fn sdk_structured_and_batch_modes_are_stored() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+
+    let ev = |id: &str| {
+        EventBuilderV10::new()
+            .id(id)
+            .source("shop")
+            .ty("order.paid.v1")
+            .extension("region", "eu")
+            .data("application/json", json!({"id": id, "total": 12.5}))
+            .build()
+            .unwrap()
+    };
+    // Structured mode, serialised by the SDK.
+    let body = serde_json::to_vec(&ev("s1")).unwrap();
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("content-type", "application/cloudevents+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    // Batch mode, serialised by the SDK.
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .events(vec![ev("b1"), ev("b2")])
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+
+    let msgs = stored(&js, "HERALD").await;
+    let ids: Vec<_> = msgs
+        .iter()
+        .map(|m| header(m, "ce-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["s1", "b1", "b2"]);
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    let stored_data: Value = serde_json::from_slice(&msgs[0].payload).unwrap();
+    assert_eq!(stored_data, sent["data"]);
+    assert_eq!(header(&msgs[0], "ce-region"), Some("eu"));
+}
+
+#[tokio::test]
+async fn structured_data_bytes_are_kept_exactly() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let data = r#"{ "zeta" : 1.0, "alpha":[3,2,1], "n":12345678901234567890123 }"#;
+    let body = format!(
+        r#"{{"specversion":"1.0","id":"x1","source":"shop","type":"t.v1","datacontenttype":"application/json","data":{data}}}"#
+    );
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let msgs = stored(&js, "HERALD").await;
+    assert_eq!(std::str::from_utf8(&msgs[0].payload).unwrap(), data);
+}
+
+#[tokio::test]
+async fn batch_stores_the_valid_events_and_lists_the_failed_ones() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &["--publish-allow", "order.>"]).await;
+    h.wait_ready().await;
+    let batch = json!([
+        {"specversion":"1.0","id":"1","source":"shop","type":"order.created.v1","data":{"a":1}},
+        {"specversion":"1.0","id":"2","source":"shop"},
+        {"specversion":"1.0","id":"3","source":"shop","type":"payment.done.v1"},
+        {"specversion":"1.0","id":"4","source":"shop","type":"order.paid.v1"}
+    ]);
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the highest status among the failures");
+    let body: Value = r.json().await.unwrap();
+    let failed = body["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(
+        (failed[0]["index"].as_u64(), failed[0]["status"].as_u64()),
+        (Some(1), Some(400))
+    );
+    assert!(failed[0]["error"].as_str().unwrap().contains("`type`"));
+    assert_eq!(
+        (failed[1]["index"].as_u64(), failed[1]["status"].as_u64()),
+        (Some(2), Some(403))
+    );
+    let ids: Vec<_> = stored(&js, "HERALD")
+        .await
+        .iter()
+        .map(|m| header(m, "ce-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["1", "4"], "every entry not listed was stored");
+
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body("{\"not\":\"an array\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn raw_events_endpoint_fills_the_attributes() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let r = client()
+        .post(format!("{}/events/order.created.v1", h.url))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client()
+        .post(format!("{}/events/order.created.v1", h.url))
+        .header("ce-id", "mine")
+        .header("ce-type", "other")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "ce-type conflicts with the path");
+    let msgs = stored(&js, "HERALD").await;
+    let m = &msgs[0];
+    assert_eq!(&m.payload[..], b"hello");
+    assert_eq!(
+        header(m, "ce-source"),
+        Some("test"),
+        "source defaults to the app id"
+    );
+    assert_eq!(header(m, "ce-type"), Some("order.created.v1"));
+    assert_eq!(header(m, "content-type"), Some("text/plain"));
+    assert_eq!(header(m, "ce-id").unwrap().len(), 36);
+    assert!(header(m, "ce-time").is_some());
+}
+
+#[tokio::test]
+async fn kyma_legacy_events_convert_and_errors_keep_kymas_shapes() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let url = format!("{}/commerce/v1/events", h.url);
+    let id = "8945ec08-256b-11eb-9928-acde48001122";
+    let r = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"event-type":"order.created","event-type-version":"v1","event-id":"{id}","event-time":"2020-04-02T21:37:00Z","data":{{"orderCode":"123","b":1}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"event-id": id, "status": "", "reason": ""})
+    );
+    let msgs = stored(&js, "HERALD").await;
+    let m = &msgs[0];
+    assert_eq!(m.subject.as_str(), "herald.commerce.order.created.v1");
+    assert_eq!(header(m, "ce-type"), Some("order.created.v1"));
+    assert_eq!(header(m, "ce-source"), Some("commerce"));
+    assert_eq!(header(m, "ce-eventtypeversion"), Some("v1"));
+    assert_eq!(&m.payload[..], br#"{"orderCode":"123","b":1}"#);
+
+    let cases = [
+        (
+            r#"{"event-type-version":"v1","event-time":"2020-04-02T21:37:00Z","data":1}"#,
+            "event-type",
+            "missing_field",
+        ),
+        (
+            r#"{"event-type":"a","event-type-version":"v1","event-time":"yesterday","data":1}"#,
+            "event-time",
+            "invalid_field",
+        ),
+        (
+            r#"{"event-type":"a","event-type-version":"v1","event-time":"2020-04-02T21:37:00Z","event-id":"nope","data":1}"#,
+            "event-id",
+            "invalid_field",
+        ),
+        (
+            r#"{"event-type":"a","event-type-version":"v1","event-time":"2020-04-02T21:37:00Z"}"#,
+            "data",
+            "missing_field",
+        ),
+    ];
+    for (body, field, kind) in cases {
+        let r = client().post(&url).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["type"], "validation_violation");
+        assert_eq!(e["details"][0]["field"], field);
+        assert_eq!(e["details"][0]["type"], kind);
+    }
+    let r = client().post(&url).body("{broken").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["message"].as_str()),
+        (Some("bad_payload_syntax"), Some("Bad payload syntax"))
+    );
+    let r = client()
+        .post(&url)
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["type"],
+        "request_body_too_large"
+    );
+}
+
+#[tokio::test]
+async fn same_source_and_id_is_stored_once() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    for _ in 0..3 {
+        assert_eq!(publish_binary(&h, "dup-1").await.status(), 204);
+    }
+    assert_eq!(publish_binary(&h, "dup-2").await.status(), 204);
+    assert_eq!(stored(&js, "HERALD").await.len(), 2);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_without_being_buffered() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let before = h.rss_kib();
+    let big = vec![b'x'; 2 << 20];
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        // With Content-Length: refused before reading.
+        let r = client()
+            .post(format!("{}/publish", h.url))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "big")
+            .header("ce-source", "s")
+            .header("ce-type", "t")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        // Chunked, no Content-Length: cut off at the limit while reading.
+        let chunks =
+            futures::stream::iter((0..32).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64 << 10])));
+        let r = client()
+            .post(format!("{}/publish", h.url))
+            .header("content-type", "application/cloudevents+json")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == 413), "{statuses:?}");
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "big")
+        .header("ce-source", "s")
+        .header("ce-type", "t")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("1048576"),
+        "{body}"
+    );
+    let growth = h.rss_kib().saturating_sub(before);
+    // 20 requests of 2 MiB were refused; buffering them would have grown the heap by tens of MiB.
+    assert!(growth < 8 * 1024, "RSS grew by {growth} KiB");
+}
+
+#[tokio::test]
+async fn unsupported_content_types_get_415_and_non_events_400() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    for ct in [
+        "application/cloudevents+xml",
+        "application/cloudevents+avro",
+        "application/cloudevents-batch+protobuf",
+    ] {
+        let r = client()
+            .post(format!("{}/publish", h.url))
+            .header("content-type", ct)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{ct}");
+    }
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["attribute"], "specversion");
+    let r = client()
+        .get(format!("{}/publish", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client()
+        .post(format!("{}/nope", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .post(format!("{}/publish?durability=later", h.url))
+        .header("ce-specversion", "1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("herald-durability"));
+}
+
+#[tokio::test]
+async fn types_outside_the_allowlist_get_403() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &["--publish-allow", "order.*.v1, shop/invoice.>"]).await;
+    h.wait_ready().await;
+    let send = |ty: &'static str, source: &'static str| {
+        let url = format!("{}/publish", h.url);
+        async move {
+            client()
+                .post(url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", ty)
+                .header("ce-source", source)
+                .header("ce-type", ty)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send("order.created.v1", "any").await, 204);
+    assert_eq!(send("invoice.sent.v2", "shop").await, 204);
+    assert_eq!(send("invoice.sent.v2", "elsewhere").await, 403);
+    assert_eq!(send("order.created.v2", "any").await, 403);
+    assert_eq!(stored(&js, "HERALD").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_full_stream_answers_507() {
+    let nats = Nats::start();
+    let js = nats.jetstream().await;
+    let mut policy = herald_sidecar::streams::StreamPolicy::dev_events("HERALD");
+    policy.max_bytes = 4096;
+    herald_sidecar::streams::ensure(&js, &policy).await.unwrap();
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        statuses.push(
+            publish_binary(&h, &format!("fill-{i}"))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses[0], 204);
+    assert_eq!(*statuses.last().unwrap(), 507, "{statuses:?}");
+    let stored_ok = statuses.iter().filter(|s| **s == 204).count();
+    assert_eq!(
+        stored(&js, "HERALD").await.len(),
+        stored_ok,
+        "every 204 is stored, no 507 is"
+    );
+}
+
+#[tokio::test]
+async fn nats_down_answers_503_fast_and_recovers() {
+    let mut nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    assert_eq!(publish_binary(&h, "before").await.status(), 204);
+    nats.server.kill();
+    h.wait_for("/readyz", 503).await;
+    let started = std::time::Instant::now();
+    let r = publish_binary(&h, "during").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 must not wait for the ack timeout"
+    );
+    nats.server.restart().unwrap();
+    h.wait_ready().await;
+    assert_eq!(publish_binary(&h, "after").await.status(), 204);
+    drop(js);
+    let js = nats.jetstream().await;
+    let ids: Vec<_> = stored(&js, "HERALD")
+        .await
+        .iter()
+        .map(|m| header(m, "ce-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+}
+
+#[tokio::test]
+async fn nats_killed_and_restarted_under_load_loses_no_acknowledged_event() {
+    let mut nats = Nats::start();
+    nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let url = h.url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (url, stop) = (url.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = format!("w{w}-{i}");
+                let r = client()
+                    .post(format!("{url}/publish"))
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", &id)
+                    .header("ce-source", "load")
+                    .header("ce-type", "tick.v1")
+                    .body(id.clone())
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match r.map(|r| r.status().as_u16()) {
+                    Ok(204) => acked.push(id),
+                    _ => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nats.server.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.server.restart().unwrap();
+    h.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut refused) = (HashSet::new(), 0);
+    for w in workers {
+        let (a, r) = w.await.unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    let js = nats.jetstream().await;
+    let have: HashSet<String> = stored(&js, "HERALD")
+        .await
+        .iter()
+        .map(|m| header(m, "ce-id").unwrap().to_owned())
+        .collect();
+    let missing: Vec<_> = acked.difference(&have).collect();
+    eprintln!(
+        "acknowledged {}, refused during the outage {refused}, stored {}",
+        acked.len(),
+        have.len()
+    );
+    assert!(refused > 0, "the outage was not observed");
+    assert!(
+        acked.len() > 50,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are not in the stream: {missing:?}",
+        missing.len()
+    );
+}
+
+/// A NATS responder that answers JetStream publishes on `herald.>` itself, to produce the
+/// failures a healthy server never does.
+async fn fake_jetstream(
+    nats: &Nats,
+    reply: Option<(&'static str, Duration)>,
+) -> tokio::task::JoinHandle<()> {
+    let c = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = c.subscribe("herald.>").await.unwrap();
+    c.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let (Some((body, delay)), Some(to)) = (reply, m.reply) {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    c.publish(to, body.into()).await.unwrap();
+                    c.flush().await.unwrap();
+                });
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn no_ack_in_time_answers_504() {
+    let nats = Nats::start();
+    let _responder = fake_jetstream(&nats, None).await;
+    let h = Herald::sidecar(&nats, &["--publish-timeout", "300ms"]).await;
+    h.wait_for("/readyz", 503).await;
+    let r = publish_binary(&h, "slow").await;
+    assert_eq!(r.status(), 504);
+}
+
+#[tokio::test]
+async fn an_unintelligible_ack_answers_500() {
+    let nats = Nats::start();
+    let _responder = fake_jetstream(&nats, Some(("not json", Duration::ZERO))).await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    let r = publish_binary(&h, "x").await;
+    assert_eq!(r.status(), 500);
+}
+
+#[tokio::test]
+async fn a_missing_stream_makes_the_sidecar_unready_and_publishes_503() {
+    let nats = Nats::start();
+    let h = Herald::sidecar(&nats, &[]).await;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client()
+            .get(format!("{}/readyz", h.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        if r.text()
+            .await
+            .unwrap()
+            .contains("stream `HERALD` does not exist")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "readyz never named the missing stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = publish_binary(&h, "x").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("does not exist"));
+    nats.create_streams().await;
+    h.wait_ready().await;
+    assert_eq!(publish_binary(&h, "y").await.status(), 204);
+}
+
+#[tokio::test]
+async fn async_durability_answers_202_and_stores_later() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    for i in 0..50 {
+        let r = client()
+            .post(format!("{}/events/tick.v1?durability=async", h.url))
+            .header("ce-id", format!("a{i}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let r = client()
+        .post(format!("{}/events/tick.v1", h.url))
+        .header("herald-durability", "async")
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stored(&js, "HERALD").await.len() < 51 {
+        assert!(
+            std::time::Instant::now() < until,
+            "async events were not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_publish_finish() {
+    let nats = Nats::start();
+    let _responder = fake_jetstream(
+        &nats,
+        Some((
+            r#"{"stream":"HERALD","seq":1}"#,
+            Duration::from_millis(1500),
+        )),
+    )
+    .await;
+    let mut h = Herald::sidecar(&nats, &["--shutdown-grace", "10s"]).await;
+    let url = h.url.clone();
+    let inflight = tokio::spawn(async move {
+        client()
+            .post(format!("{url}/publish"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "slow")
+            .header("ce-source", "s")
+            .header("ce-type", "t")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.sigterm();
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        204,
+        "the in-flight publish completes"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = h.wait_exit(Duration::from_secs(10));
+        (s, h.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.is_some_and(|s| s.success()),
+        "exit {:?}; log:\n{}",
+        status.0,
+        status.1
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    publish_binary(&h, "m1").await;
+    client()
+        .post(format!("{}/publish", h.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let r = client()
+        .get(format!("{}/healthz", h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = client()
+        .get(format!("{}/metrics", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"herald_publish_requests_total{route="Publish",status="204"} 1"#,
+        r#"herald_publish_requests_total{route="Publish",status="400"} 1"#,
+        "herald_publish_request_duration_seconds_bucket",
+        "herald_nats_connected 1",
+        r#"herald_events_stored_total{durability="Sync"} 1"#,
+    ] {
+        assert!(text.contains(needle), "{needle} not in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_endpoint_stops_the_sidecar() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let mut h = Herald::sidecar(&nats, &[]).await;
+    let r = client()
+        .post(format!("{}/shutdown", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let status = tokio::task::spawn_blocking(move || h.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()));
+}
