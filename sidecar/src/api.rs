@@ -287,22 +287,35 @@ impl Api {
             discard(body, limit).await;
             return Err(too_large());
         }
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        // Most bodies arrive in one frame: keep that buffer as it is, copy only when there are more.
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        let mut len = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| PublishError::BadRequest {
                 name: "body",
                 rule: format!("could not be read: {e}"),
             })?;
-            if let Ok(data) = frame.into_data() {
-                if (buf.len() + data.len()) as u64 > limit {
-                    drop(buf);
-                    discard(body, limit).await;
-                    return Err(too_large());
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len() as u64;
+            if len > limit {
+                drop((first, rest));
+                discard(body, limit).await;
+                return Err(too_large());
+            }
+            match first.take() {
+                None if rest.is_empty() => first = Some(data),
+                None => rest.extend_from_slice(&data),
+                Some(f) => {
+                    rest.reserve(declared.unwrap_or(len) as usize);
+                    rest.extend_from_slice(&f);
+                    rest.extend_from_slice(&data);
                 }
-                buf.extend_from_slice(&data);
             }
         }
-        Ok(buf.freeze())
+        Ok(first.unwrap_or_else(|| rest.freeze()))
     }
 
     fn check_allowed(&self, ev: &Event) -> Result<(), PublishError> {

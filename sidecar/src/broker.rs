@@ -228,11 +228,14 @@ pub fn nats_headers(ev: &Event, trace: &TraceContext) -> HeaderMap {
     let mut h = HeaderMap::new();
     // Attribute names are validated `[a-z0-9]+`, so these header names are always legal.
     h.insert("ce-specversion", "1.0");
-    h.insert("ce-id", encode_header_value(&ev.id));
-    h.insert("ce-source", encode_header_value(&ev.source));
-    h.insert("ce-type", encode_header_value(&ev.ty));
+    h.insert("ce-id", encode_header_value(&ev.id).as_ref());
+    h.insert("ce-source", encode_header_value(&ev.source).as_ref());
+    h.insert("ce-type", encode_header_value(&ev.ty).as_ref());
     for (name, value) in &ev.attributes {
-        h.insert(format!("{CE_PREFIX}{name}"), encode_header_value(value));
+        h.insert(
+            format!("{CE_PREFIX}{name}"),
+            encode_header_value(value).as_ref(),
+        );
     }
     if let Some(ct) = &ev.datacontenttype {
         h.insert("content-type", ct.as_str());
@@ -243,7 +246,7 @@ pub fn nats_headers(ev: &Event, trace: &TraceContext) -> HeaderMap {
     if let Some(ts) = &trace.tracestate {
         h.insert("tracestate", ts.as_str());
     }
-    h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(ev));
+    h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(ev).as_str());
     h
 }
 

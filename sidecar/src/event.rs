@@ -267,8 +267,8 @@ pub fn is_json(ct: &str) -> bool {
 }
 
 /// Encodes an attribute value for an HTTP or NATS header.
-pub fn encode_header_value(v: &str) -> String {
-    utf8_percent_encode(v, HEADER_VALUE).to_string()
+pub fn encode_header_value(v: &str) -> std::borrow::Cow<'_, str> {
+    utf8_percent_encode(v, HEADER_VALUE).into()
 }
 
 /// Decodes a binary-mode header value.

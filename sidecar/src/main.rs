@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use herald_sidecar::config::{Cli, ProcessEnv};
+use herald_sidecar::config::{Cli, Command, ProcessEnv};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -22,10 +22,14 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The sidecar runs on one thread: a publish is mostly waiting on two sockets, and one thread
+    // avoids cross-thread wake-ups and allocator contention (docs/BENCHMARKS.md has the numbers).
+    // The load generator of `herald bench` needs every core it can get.
+    let mut builder = match &cli.command {
+        Command::Bench { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the async runtime: {e}");

@@ -225,8 +225,15 @@ impl Herald {
 }
 
 impl Drop for Herald {
+    /// SIGTERM first, as Kubernetes does: `herald dev` then stops its own nats-server, which a
+    /// SIGKILL would orphan. SIGKILL after 5 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.sigterm();
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }

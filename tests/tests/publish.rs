@@ -827,3 +827,28 @@ async fn shutdown_endpoint_stops_the_sidecar() {
         .unwrap();
     assert!(status.is_some_and(|s| s.success()));
 }
+
+#[tokio::test]
+async fn a_body_in_many_chunks_is_stored_whole() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let parts = [
+        r#"{"specversion":"1.0","id":"c1","source":"s","type":"t","#,
+        r#""data":{"b":[1,2,3],"#,
+        r#""a":"x"}}"#,
+    ];
+    let chunks =
+        futures::stream::iter(parts.map(|p| Ok::<_, std::io::Error>(p.as_bytes().to_vec())));
+    let r = client()
+        .post(format!("{}/publish", h.url))
+        .header("content-type", "application/cloudevents+json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let msgs = stored(&js, "HERALD").await;
+    assert_eq!(&msgs[0].payload[..], br#"{"b":[1,2,3],"a":"x"}"#);
+}
