@@ -13,13 +13,18 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn publish_binary(h: &Herald, id: &str) -> reqwest::Response {
+/// A binary-mode `POST /publish` with the four required attributes.
+fn binary(base: &str, id: &str, source: &str, ty: &str) -> reqwest::RequestBuilder {
     client()
-        .post(format!("{}/publish", h.url))
+        .post(format!("{base}/publish"))
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
-        .header("ce-source", "shop")
-        .header("ce-type", "order.created.v1")
+        .header("ce-source", source)
+        .header("ce-type", ty)
+}
+
+async fn publish_binary(h: &Herald, id: &str) -> reqwest::Response {
+    binary(&h.url, id, "shop", "order.created.v1")
         .header("content-type", "application/json")
         .body(format!("{{\"n\":\"{id}\"}}"))
         .send()
@@ -360,12 +365,7 @@ async fn oversized_bodies_get_413_without_being_buffered() {
     let mut statuses = Vec::new();
     for _ in 0..10 {
         // With Content-Length: refused before reading.
-        let r = client()
-            .post(format!("{}/publish", h.url))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "big")
-            .header("ce-source", "s")
-            .header("ce-type", "t")
+        let r = binary(&h.url, "big", "s", "t")
             .body(big.clone())
             .send()
             .await
@@ -385,12 +385,7 @@ async fn oversized_bodies_get_413_without_being_buffered() {
         }
     }
     assert!(statuses.iter().all(|s| *s == 413), "{statuses:?}");
-    let r = client()
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "big")
-        .header("ce-source", "s")
-        .header("ce-type", "t")
+    let r = binary(&h.url, "big", "s", "t")
         .body(big.clone())
         .send()
         .await
@@ -463,20 +458,8 @@ async fn types_outside_the_allowlist_get_403() {
     let h = Herald::sidecar(&nats, &["--publish-allow", "order.*.v1, shop/invoice.>"]).await;
     h.wait_ready().await;
     let send = |ty: &'static str, source: &'static str| {
-        let url = format!("{}/publish", h.url);
-        async move {
-            client()
-                .post(url)
-                .header("ce-specversion", "1.0")
-                .header("ce-id", ty)
-                .header("ce-source", source)
-                .header("ce-type", ty)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        let req = binary(&h.url, ty, source, ty);
+        async move { req.send().await.unwrap().status().as_u16() }
     };
     assert_eq!(send("order.created.v1", "any").await, 204);
     assert_eq!(send("invoice.sent.v2", "shop").await, 204);
@@ -560,12 +543,7 @@ async fn nats_killed_and_restarted_under_load_loses_no_acknowledged_event() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let id = format!("w{w}-{i}");
-                let r = client()
-                    .post(format!("{url}/publish"))
-                    .header("ce-specversion", "1.0")
-                    .header("ce-id", &id)
-                    .header("ce-source", "load")
-                    .header("ce-type", "tick.v1")
+                let r = binary(&url, &id, "load", "tick.v1")
                     .body(id.clone())
                     .timeout(Duration::from_secs(10))
                     .send()
@@ -742,12 +720,7 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
     let mut h = Herald::sidecar(&nats, &["--shutdown-grace", "10s"]).await;
     let url = h.url.clone();
     let inflight = tokio::spawn(async move {
-        client()
-            .post(format!("{url}/publish"))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "slow")
-            .header("ce-source", "s")
-            .header("ce-type", "t")
+        binary(&url, "slow", "s", "t")
             .send()
             .await
             .map(|r| r.status().as_u16())
