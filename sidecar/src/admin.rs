@@ -101,7 +101,10 @@ impl Readiness {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => {
+                    self.state.store(Arc::new(ReadyState { ready: false, reason: "shutting down".into() }));
+                    return;
+                }
             }
         }
     }

@@ -177,8 +177,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         move |peer, req| api.clone().handle(peer, req),
     )
     .await;
-    let started = Instant::now();
-    drainer.drain(grace.saturating_sub(started.elapsed())).await;
+    // The async buffer gets what is left of the one grace period.
+    let spent = shutdown
+        .triggered_at()
+        .map_or(Duration::ZERO, |t| t.elapsed());
+    drainer.drain(grace.saturating_sub(spent)).await;
     if tokio::time::timeout(Duration::from_secs(2), broker.client().flush())
         .await
         .is_err()

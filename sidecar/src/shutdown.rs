@@ -2,18 +2,20 @@
 //! server and worker watches it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
+/// Holds when shutdown was triggered, so every stage of the drain shares one grace period.
 #[derive(Clone)]
 pub struct Shutdown {
-    tx: Arc<watch::Sender<bool>>,
+    tx: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
-            tx: Arc::new(watch::channel(false).0),
+            tx: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -23,11 +25,23 @@ impl Shutdown {
         Self::default()
     }
 
+    /// Triggers shutdown; later calls keep the first time.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.tx.send_if_modified(|t| {
+            if t.is_some() {
+                return false;
+            }
+            *t = Some(Instant::now());
+            true
+        });
     }
 
     pub fn is_triggered(&self) -> bool {
+        self.tx.borrow().is_some()
+    }
+
+    /// When shutdown was triggered.
+    pub fn triggered_at(&self) -> Option<Instant> {
         *self.tx.borrow()
     }
 
@@ -35,7 +49,7 @@ impl Shutdown {
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
-        let _ = rx.wait_for(|v| *v).await;
+        let _ = rx.wait_for(|v| v.is_some()).await;
     }
 
     /// Triggers on SIGTERM or SIGINT.

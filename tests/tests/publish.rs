@@ -727,6 +727,26 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.sigterm();
+    // Draining: the admin API still answers, and says why the sidecar is not ready.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = client()
+            .get(format!("{}/readyz", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.trim() == "shutting down" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "readyz said {text:?} while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         inflight.await.unwrap().unwrap(),
         204,
