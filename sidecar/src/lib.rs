@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod natsd;
 pub mod shutdown;
 pub mod streams;
+pub mod subscribe;
 pub mod subject;
