@@ -28,6 +28,8 @@ pub struct ReadyState {
 /// Readiness, refreshed by [`Readiness::monitor`] and read by `/readyz`.
 pub struct Readiness {
     state: ArcSwap<ReadyState>,
+    /// Subscriptions whose consumer is not bound yet.
+    unbound: std::sync::atomic::AtomicUsize,
     broker: Broker,
     stream: String,
 }
@@ -39,6 +41,7 @@ impl Readiness {
                 ready: false,
                 reason: "starting".into(),
             }),
+            unbound: std::sync::atomic::AtomicUsize::new(0),
             broker,
             stream: stream.to_owned(),
         })
@@ -52,7 +55,27 @@ impl Readiness {
                 reason: "NATS is not connected".into(),
             };
         }
-        self.state.load().as_ref().clone()
+        let unbound = self.unbound.load(std::sync::atomic::Ordering::Relaxed);
+        let state = self.state.load();
+        if state.ready && unbound > 0 {
+            return ReadyState {
+                ready: false,
+                reason: format!("binding {unbound} subscription consumer(s)"),
+            };
+        }
+        state.as_ref().clone()
+    }
+
+    /// Readiness waits for this many more consumers to be bound.
+    pub fn expect_consumers(&self, n: usize) {
+        self.unbound
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One expected consumer is bound.
+    pub fn consumer_bound(&self) {
+        self.unbound
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn probe(&self) -> ReadyState {

@@ -15,6 +15,8 @@ use crate::config::{
     self, BenchCommand, Cli, Command, ConfigError, Env, LogFormat, RunMode, ServeConfig,
     StreamCommand,
 };
+use crate::consumer::{self, Subscriber};
+use crate::deliver::Deliverer;
 use crate::http_server;
 use crate::metrics::Metrics;
 use crate::natsd::{self, NatsServer, NatsServerOptions, NatsdError};
@@ -149,6 +151,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     ));
     let readiness = Readiness::new(broker.clone(), &cfg.stream);
     tokio::spawn(readiness.clone().monitor(shutdown.clone()));
+    let deliveries = start_deliveries(&cfg, &broker, &readiness, &shutdown);
     let admin = Arc::new(Admin {
         registry,
         readiness,
@@ -182,6 +185,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         .triggered_at()
         .map_or(Duration::ZERO, |t| t.elapsed());
     drainer.drain(grace.saturating_sub(spent)).await;
+    // Deliveries drain on the same signal and bound themselves by the grace period.
+    for d in deliveries {
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), d).await;
+    }
     if tokio::time::timeout(Duration::from_secs(2), broker.client().flush())
         .await
         .is_err()
@@ -195,6 +202,57 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts one delivery task per subscription. Each binds its consumer (retrying until the stream
+/// exists), then pulls and delivers until shutdown.
+fn start_deliveries(
+    cfg: &ServeConfig,
+    broker: &Broker,
+    readiness: &Arc<Readiness>,
+    shutdown: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (Some(port), false) = (cfg.pod.app_port, cfg.pod.subscriptions.is_empty()) else {
+        return vec![];
+    };
+    let who = Subscriber {
+        namespace: cfg.namespace.clone(),
+        app_id: cfg.app_id.clone(),
+    };
+    let deliverer = Deliverer::new(
+        broker.jetstream().clone(),
+        who.clone(),
+        port,
+        shutdown.clone(),
+    );
+    readiness.expect_consumers(cfg.pod.subscriptions.len());
+    cfg.pod
+        .subscriptions
+        .iter()
+        .cloned()
+        .map(|sub| {
+            let (js, stream, who) = (broker.jetstream().clone(), cfg.stream.clone(), who.clone());
+            let (deliverer, readiness, shutdown, grace) =
+                (deliverer.clone(), readiness.clone(), shutdown.clone(), cfg.shutdown_grace);
+            tokio::spawn(async move {
+                let consumer = loop {
+                    match consumer::ensure(&js, &stream, &who, &sub).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::warn!(filter = %sub.filter, error = %e, "cannot bind the consumer; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = shutdown.wait() => return,
+                            }
+                        }
+                    }
+                };
+                tracing::info!(filter = %sub.filter, consumer = %who.consumer_name(&sub.filter), port, path = %sub.path, "subscribed");
+                readiness.consumer_bound();
+                deliverer.run(consumer, sub, grace).await;
+            })
+        })
+        .collect()
 }
 
 /// Creates or updates both streams (dev mode) once NATS is reachable.

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::filter::{self, TypeFilter};
+use crate::filter::TypeFilter;
 use crate::streams::{DLQ_STREAM, EVENTS_STREAM};
+use crate::subscribe::{self, PodConfig};
 
 /// Where environment variables come from.
 pub trait Env {
@@ -124,6 +125,33 @@ pub struct ServeArgs {
     /// nats-server binary `dev` starts [default: nats-server from PATH]
     #[arg(long)]
     pub nats_server_bin: Option<String>,
+    /// Port the app receives deliveries on (herald.dev/app-port)
+    #[arg(long)]
+    pub app_port: Option<String>,
+    /// Comma-separated type filters to subscribe to (herald.dev/subscribe)
+    #[arg(long)]
+    pub subscribe: Option<String>,
+    /// HTTP path deliveries go to (herald.dev/path) [default: /]
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Deliveries in flight per subscription, across replicas (herald.dev/max-in-flight) [default: 10]
+    #[arg(long)]
+    pub max_in_flight: Option<String>,
+    /// The pod's annotations as the downward API writes them [default in sidecar: /etc/herald/podinfo/annotations]
+    #[arg(long)]
+    pub annotations_file: Option<String>,
+    /// The workload's namespace (part of consumer names) [default: default]
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Delivery attempts per event, local and redelivered, before it is dead-lettered [default: 10]
+    #[arg(long)]
+    pub max_attempts: Option<String>,
+    /// Timeout of one delivery attempt [default: 30s]
+    #[arg(long)]
+    pub attempt_timeout: Option<String>,
+    /// First broker redelivery delay after the local retries; doubles up to 5m [default: 5s]
+    #[arg(long)]
+    pub redelivery_delay: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +184,13 @@ pub struct ServeConfig {
     pub publish_allow: Vec<TypeFilter>,
     pub log_format: LogFormat,
     pub nats_server_bin: String,
+    pub namespace: String,
+    /// Subscriptions and the app port, from the annotations file and the flags.
+    pub pod: PodConfig,
 }
+
+/// Default path of the downward API annotations file in the pod.
+pub const ANNOTATIONS_FILE: &str = "/etc/herald/podinfo/annotations";
 
 /// Bad configuration: every problem, each naming its setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,9 +268,6 @@ impl ServeConfig {
             parse_count(v, 1, 10_000_000)
         });
         let shutdown_grace = r.get("shutdown-grace", &args.shutdown_grace, parse_duration);
-        let publish_allow = r.get("publish-allow", &args.publish_allow, |v| {
-            filter::parse_list(v).map_err(|e| e.to_string())
-        });
         let log_format = r.get("log-format", &args.log_format, |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -245,6 +276,35 @@ impl ServeConfig {
         let nats_server_bin = r.get("nats-server-bin", &args.nats_server_bin, |v| {
             Ok(v.to_owned())
         });
+        let namespace = r
+            .get("namespace", &args.namespace, parse_app_id)
+            .unwrap_or_else(|| "default".into());
+        let mut pod = resolve_pod(&mut r, mode, args);
+        let max_attempts = r.get("max-attempts", &args.max_attempts, |v| {
+            parse_count(v, 1, 1000)
+        });
+        let attempt_timeout = r.get(
+            "attempt-timeout",
+            &args.attempt_timeout,
+            parse_positive_duration,
+        );
+        let redelivery_delay = r.get(
+            "redelivery-delay",
+            &args.redelivery_delay,
+            parse_positive_duration,
+        );
+        for sub in pod.iter_mut().flat_map(|p| p.subscriptions.iter_mut()) {
+            if let Some(n) = max_attempts {
+                sub.retry.max_attempts = n as u32;
+            }
+            if let Some(d) = attempt_timeout {
+                sub.attempt_timeout = d;
+            }
+            if let Some(d) = redelivery_delay {
+                sub.retry.redelivery_delay = d;
+            }
+        }
+        let app_id = app_id.or_else(|| pod.as_ref().and_then(|p| p.app_id.clone()));
         let app_id = match (app_id, mode) {
             (Some(a), _) => a,
             (None, RunMode::Dev) => "dev".to_owned(),
@@ -281,10 +341,72 @@ impl ServeConfig {
             publish_timeout: publish_timeout.unwrap_or(Duration::from_secs(5)),
             async_buffer: async_buffer.unwrap_or(10_000),
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(20)),
-            publish_allow: publish_allow.unwrap_or_default(),
+            publish_allow: pod
+                .as_ref()
+                .map(|p| p.publish_allow.clone())
+                .unwrap_or_default(),
             log_format: log_format.unwrap_or(LogFormat::Text),
             nats_server_bin: nats_server_bin.unwrap_or_else(|| "nats-server".into()),
+            namespace,
+            pod: pod.unwrap_or_default(),
         })
+    }
+}
+
+/// The pod's annotations from the file, with the flags laid over them as if they were
+/// annotations, validated by the one annotation contract. Errors about a value that came from a
+/// flag name the flag.
+fn resolve_pod(r: &mut Resolver<'_>, mode: RunMode, args: &ServeArgs) -> Option<PodConfig> {
+    let explicit = r.get("annotations-file", &args.annotations_file, |v| {
+        Ok(v.to_owned())
+    });
+    let path = explicit
+        .clone()
+        .or_else(|| (mode == RunMode::Sidecar).then(|| ANNOTATIONS_FILE.to_owned()));
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(path) = path {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match subscribe::parse_downward_api(&text) {
+                Ok(a) => annotations = a,
+                Err(e) => r.fail(format!("--annotations-file={path:?}: {e}")),
+            },
+            // Without the injector (sidecar mode by hand) there is no file: flags only.
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => r.fail(format!("--annotations-file={path:?}: cannot read: {e}")),
+        }
+    }
+    let mut from_flag = std::collections::HashMap::new();
+    for (flag, key, cli) in [
+        ("app-port", subscribe::APP_PORT, &args.app_port),
+        ("subscribe", subscribe::SUBSCRIBE, &args.subscribe),
+        ("path", subscribe::PATH, &args.path),
+        (
+            "max-in-flight",
+            subscribe::MAX_IN_FLIGHT,
+            &args.max_in_flight,
+        ),
+        (
+            "publish-allow",
+            subscribe::PUBLISH_ALLOW,
+            &args.publish_allow,
+        ),
+    ] {
+        if let Some((value, origin)) = r.raw(flag, cli) {
+            annotations.insert(key.to_owned(), value);
+            from_flag.insert(key, origin);
+        }
+    }
+    match subscribe::parse(&annotations) {
+        Ok(pod) => Some(pod),
+        Err(errors) => {
+            for e in errors.0 {
+                match from_flag.get(e.key.as_str()) {
+                    Some(origin) => r.fail(format!("{origin}: {}", e.rule)),
+                    None => r.fail(format!("annotation {e}")),
+                }
+            }
+            None
+        }
     }
 }
 

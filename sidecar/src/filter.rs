@@ -53,6 +53,11 @@ impl TypeFilter {
         Ok(TypeFilter { source, tokens })
     }
 
+    /// The dotted type pattern's tokens (`*` and `>` are wildcards).
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        self.tokens.iter().map(String::as_str)
+    }
+
     /// Whether an event with this source and type passes.
     pub fn matches(&self, source: &str, ty: &str) -> bool {
         if self.source.as_deref().is_some_and(|s| s != source) {

@@ -20,7 +20,16 @@ pub const MAX_IN_FLIGHT: &str = "herald.dev/max-in-flight";
 pub const PUBLISH_ALLOW: &str = "herald.dev/publish-allow";
 pub const SUBSCRIPTIONS: &str = "herald.dev/subscriptions";
 
-const KNOWN: &[&str] = &[INJECT, APP_ID, APP_PORT, SUBSCRIBE, PATH, MAX_IN_FLIGHT, PUBLISH_ALLOW, SUBSCRIPTIONS];
+const KNOWN: &[&str] = &[
+    INJECT,
+    APP_ID,
+    APP_PORT,
+    SUBSCRIBE,
+    PATH,
+    MAX_IN_FLIGHT,
+    PUBLISH_ALLOW,
+    SUBSCRIPTIONS,
+];
 
 /// Deliveries in flight per subscription, across replicas, unless `herald.dev/max-in-flight` says.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10;
@@ -89,34 +98,49 @@ pub struct PodConfig {
 /// Validates annotations (only `herald.dev/*` keys are looked at).
 pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, AnnotationErrors> {
     let mut errors = Vec::new();
-    let mut err = |key: &str, rule: String| errors.push(AnnotationError { key: key.to_owned(), rule });
+    let mut err = |key: &str, rule: String| {
+        errors.push(AnnotationError {
+            key: key.to_owned(),
+            rule,
+        })
+    };
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
 
     for key in annotations.keys().filter(|k| k.starts_with("herald.dev/")) {
         if !KNOWN.contains(&key.as_str()) {
-            err(key, format!("unknown herald annotation (known: {})", KNOWN.join(", ")));
+            err(
+                key,
+                format!("unknown herald annotation (known: {})", KNOWN.join(", ")),
+            );
         }
     }
-    if let Some(v) = get(INJECT) {
-        if v != "true" && v != "false" {
-            err(INJECT, format!("must be \"true\" or \"false\", not {v:?}"));
-        }
+    if let Some(v) = get(INJECT).filter(|v| *v != "true" && *v != "false") {
+        err(INJECT, format!("must be \"true\" or \"false\", not {v:?}"));
     }
     let app_id = get(APP_ID).map(str::to_owned);
-    if app_id.as_deref().is_some_and(|a| a.is_empty() || a.contains(char::is_whitespace)) {
+    if app_id
+        .as_deref()
+        .is_some_and(|a| a.is_empty() || a.contains(char::is_whitespace))
+    {
         err(APP_ID, "must be non-empty, without whitespace".into());
     }
     let app_port = get(APP_PORT).and_then(|v| match v.parse::<u16>() {
         Ok(p) if p > 0 => Some(p),
         _ => {
-            err(APP_PORT, format!("must be a port number from 1 to 65535, not {v:?}"));
+            err(
+                APP_PORT,
+                format!("must be a port number from 1 to 65535, not {v:?}"),
+            );
             None
         }
     });
     let path = match get(PATH) {
         Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p.to_owned(),
         Some(p) => {
-            err(PATH, format!("must be an absolute HTTP path starting with `/`, not {p:?}"));
+            err(
+                PATH,
+                format!("must be an absolute HTTP path starting with `/`, not {p:?}"),
+            );
             "/".into()
         }
         None => "/".into(),
@@ -125,7 +149,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
         None => DEFAULT_MAX_IN_FLIGHT,
         Some((_, Ok(n))) if (1..=10_000).contains(&n) => n,
         Some((v, _)) => {
-            err(MAX_IN_FLIGHT, format!("must be a whole number from 1 to 10000, not {v:?}"));
+            err(
+                MAX_IN_FLIGHT,
+                format!("must be a whole number from 1 to 10000, not {v:?}"),
+            );
             DEFAULT_MAX_IN_FLIGHT
         }
     };
@@ -146,11 +173,16 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
     if annotations.contains_key(SUBSCRIPTIONS) {
         err(
             SUBSCRIPTIONS,
-            format!("the YAML form is not supported by this version of herald yet; use {SUBSCRIBE}, {PATH} and {MAX_IN_FLIGHT}"),
+            format!(
+                "the YAML form is not supported by this version of herald yet; use {SUBSCRIBE}, {PATH} and {MAX_IN_FLIGHT}"
+            ),
         );
     }
-    if !filters.is_empty() && app_port.is_none() && !annotations.contains_key(APP_PORT) {
-        err(APP_PORT, format!("required when {SUBSCRIBE} is set (the port the app receives deliveries on)"));
+    if get(SUBSCRIBE).is_some_and(|v| !v.is_empty()) && !annotations.contains_key(APP_PORT) {
+        err(
+            APP_PORT,
+            format!("required when {SUBSCRIBE} is set (the port the app receives deliveries on)"),
+        );
     }
     let mut seen = std::collections::HashSet::new();
     for f in &filters {
@@ -172,7 +204,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
             dead_letter: true,
         })
         .collect();
-    Ok(PodConfig { app_id, app_port, subscriptions, publish_allow })
+    Ok(PodConfig {
+        app_id,
+        app_port,
+        subscriptions,
+        publish_allow,
+    })
 }
 
 /// Parses the downward API annotations file: one `key="value"` line per annotation, the value
@@ -183,8 +220,13 @@ pub fn parse_downward_api(text: &str) -> Result<BTreeMap<String, String>, Annota
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |rule: &str| AnnotationError { key: format!("line {}", n + 1), rule: rule.to_owned() };
-        let (key, quoted) = line.split_once('=').ok_or_else(|| bad("expected key=\"value\""))?;
+        let bad = |rule: &str| AnnotationError {
+            key: format!("line {}", n + 1),
+            rule: rule.to_owned(),
+        };
+        let (key, quoted) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=\"value\""))?;
         let value = unquote(quoted).ok_or_else(|| bad("the value is not a valid quoted string"))?;
         out.insert(key.to_owned(), value);
     }
@@ -244,7 +286,10 @@ fn unquote(s: &str) -> Option<String> {
             'x' => bytes.push(u8::try_from(hex(&mut chars, 2)?).ok()?),
             'u' | 'U' => {
                 flush(&mut bytes, &mut out)?;
-                out.push(char::from_u32(hex(&mut chars, if e == 'u' { 4 } else { 8 })?)?);
+                out.push(char::from_u32(hex(
+                    &mut chars,
+                    if e == 'u' { 4 } else { 8 },
+                )?)?);
             }
             '0'..='7' => {
                 let rest: String = chars.by_ref().take(2).collect();
@@ -262,7 +307,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -279,7 +327,11 @@ mod tests {
         assert_eq!(c.app_port, Some(8080));
         assert_eq!(c.subscriptions.len(), 2);
         assert_eq!(c.subscriptions[1].filter.to_string(), "shop/order.>");
-        assert!(c.subscriptions.iter().all(|s| s.path == "/events" && s.max_in_flight == 4));
+        assert!(
+            c.subscriptions
+                .iter()
+                .all(|s| s.path == "/events" && s.max_in_flight == 4)
+        );
         let none = parse(&map(&[(INJECT, "true")])).unwrap();
         assert!(none.subscriptions.is_empty());
     }
@@ -297,7 +349,15 @@ mod tests {
         ]))
         .unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
-        for k in [INJECT, APP_PORT, SUBSCRIBE, PATH, MAX_IN_FLIGHT, PUBLISH_ALLOW, "herald.dev/subscibe"] {
+        for k in [
+            INJECT,
+            APP_PORT,
+            SUBSCRIBE,
+            PATH,
+            MAX_IN_FLIGHT,
+            PUBLISH_ALLOW,
+            "herald.dev/subscibe",
+        ] {
             assert!(keys.contains(&k), "{k} not named in {e}");
         }
         let e = parse(&map(&[(SUBSCRIBE, "a.b")])).unwrap_err();
@@ -316,7 +376,10 @@ mod tests {
         );
         let m = parse_downward_api(text).unwrap();
         assert_eq!(m[SUBSCRIBE], "order.created.v1,shop/order.>");
-        assert_eq!(m["kubectl.kubernetes.io/last-applied-configuration"], "{\"a\":\"café\"}\n");
+        assert_eq!(
+            m["kubectl.kubernetes.io/last-applied-configuration"],
+            "{\"a\":\"café\"}\n"
+        );
         assert_eq!(m["note"], "tab\there \"quoted\" \\ back");
         assert!(parse_downward_api("novalue\n").is_err());
         assert!(parse_downward_api("k=\"open\n").is_err());

@@ -14,6 +14,8 @@ use async_nats::jetstream::{self, message::StreamMessage};
 use herald_sidecar::natsd::{NatsServer, NatsServerOptions, find_binary};
 use herald_sidecar::streams::{self, StreamPolicy};
 
+pub mod sink;
+
 pub use herald_sidecar;
 
 /// A real nats-server for one test.

@@ -1,0 +1,456 @@
+//! Delivery: from a subscription's pull consumer to the app, over HTTP, at least once.
+//!
+//! A subscription pulls only as many events as it has free slots (`max in flight`), so nothing
+//! waits in a local buffer that a crash would strand. Each event is POSTed to
+//! `http://127.0.0.1:<app-port><path>` in binary mode: the stored `ce-*` headers are copied as they
+//! are (they are already in the HTTP binding's encoding), with `content-type`, `traceparent`,
+//! `tracestate` and `herald-delivery-attempt`.
+//!
+//! Outcomes: `2xx` acks. `429`, `503`, other `5xx`, `404`, `408`, `409`, network errors and timeouts
+//! are retried; `429`/`503` honour `Retry-After`. Other `4xx` are permanent and dead-lettered at once.
+//! Retries follow one budget (`max_attempts`) over two levels: a few quick local attempts with
+//! jittered exponential backoff (the ack deadline is extended meanwhile), then a delayed NAK so
+//! JetStream redelivers later, which survives a sidecar restart. The attempt number is derived from
+//! JetStream's delivery count, so the budget survives restarts too. When the budget is spent the
+//! event is written to the dead-letter stream with the reason, the last status and the attempt
+//! count, and only then is the original terminated; if that write fails, the event is NAKed, never
+//! dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, Message};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use rand::Rng as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::consumer::Subscriber;
+use crate::shutdown::Shutdown;
+use crate::subject::{EVENT_PREFIX, encode_token_into};
+use crate::subscribe::Subscription;
+
+/// Header with the attempt number (1 for the first delivery).
+pub const ATTEMPT_HEADER: &str = "herald-delivery-attempt";
+/// Prefix of dead-letter subjects.
+pub const DLQ_PREFIX: &str = "herald-dlq";
+/// A `Retry-After` or backoff longer than this is waited out by the broker (delayed NAK), not in
+/// the sidecar.
+const LONGEST_LOCAL_WAIT: Duration = Duration::from_secs(2);
+/// How long one pull request waits for events.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+    Permanent {
+        status: u16,
+        reason: String,
+    },
+}
+
+/// Classifies the app's answer.
+pub fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Outcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    let retryable = status.is_server_error() || matches!(code, 404 | 408 | 409 | 429);
+    if retryable {
+        let retry_after = if matches!(code, 429 | 503) {
+            retry_after.and_then(parse_retry_after)
+        } else {
+            None
+        };
+        Outcome::Retry {
+            status: Some(code),
+            retry_after,
+            reason: format!("the app answered {status}"),
+        }
+    } else {
+        Outcome::Permanent {
+            status: code,
+            reason: format!("the app answered {status}, which is not retried"),
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from apps and is ignored).
+fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    v.to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Delivers events of all subscriptions of one app.
+pub struct Deliverer {
+    http: Client<HttpConnector, Full<Bytes>>,
+    app_port: u16,
+    js: jetstream::Context,
+    who: Subscriber,
+    shutdown: Shutdown,
+}
+
+impl Deliverer {
+    pub fn new(
+        js: jetstream::Context,
+        who: Subscriber,
+        app_port: u16,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // Connections to the app are reused; the pool keeps as many as deliveries in flight.
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Arc::new(Deliverer {
+            http,
+            app_port,
+            js,
+            who,
+            shutdown,
+        })
+    }
+
+    /// One HTTP attempt.
+    pub async fn attempt(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
+        let mut req =
+            http::Request::post(format!("http://127.0.0.1:{}{}", self.app_port, sub.path));
+        if let Some(headers) = &msg.headers {
+            for (name, values) in headers.iter() {
+                let name: &str = name.as_ref();
+                let lower = name.to_ascii_lowercase();
+                if lower.starts_with("ce-")
+                    || matches!(
+                        lower.as_str(),
+                        "content-type" | "traceparent" | "tracestate"
+                    )
+                {
+                    for v in values {
+                        req = req.header(lower.as_str(), v.as_str());
+                    }
+                }
+            }
+        }
+        req = req.header(ATTEMPT_HEADER, attempt);
+        let req = match req.body(Full::new(msg.payload.clone())) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Permanent {
+                    status: 0,
+                    reason: format!("the stored event cannot be sent over HTTP: {e}"),
+                };
+            }
+        };
+        match tokio::time::timeout(sub.attempt_timeout, self.http.request(req)).await {
+            Err(_) => Outcome::Retry {
+                status: None,
+                retry_after: None,
+                reason: format!("no answer within {:?}", sub.attempt_timeout),
+            },
+            Ok(Err(e)) => Outcome::Retry {
+                status: None,
+                retry_after: None,
+                reason: format!("cannot reach the app: {e}"),
+            },
+            Ok(Ok(resp)) => {
+                let outcome =
+                    classify(resp.status(), resp.headers().get(http::header::RETRY_AFTER));
+                // Read the (small) answer so the connection can be reused.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect()).await;
+                outcome
+            }
+        }
+    }
+
+    /// Delivers one event within the retry budget, then acks, NAKs or dead-letters it.
+    async fn deliver(&self, sub: &Subscription, msg: Message) {
+        let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let local = sub.retry.local_attempts.max(1);
+        let first = (delivered - 1).saturating_mul(local);
+        for i in 0..local {
+            let attempt = first + i + 1;
+            let (status, retry_after, reason) = match self.attempt(sub, &msg, attempt).await {
+                Outcome::Delivered => {
+                    if let Err(e) = msg.ack().await {
+                        tracing::warn!(error = %e, "ack failed; the event will be delivered again");
+                    }
+                    return;
+                }
+                Outcome::Permanent { status, reason } => {
+                    return self
+                        .dead_letter(sub, &msg, &reason, Some(status), attempt)
+                        .await;
+                }
+                Outcome::Retry {
+                    status,
+                    retry_after,
+                    reason,
+                } => (status, retry_after, reason),
+            };
+            if attempt >= sub.retry.max_attempts {
+                let reason = format!("{reason}; gave up after {attempt} attempts");
+                return self.dead_letter(sub, &msg, &reason, status, attempt).await;
+            }
+            let local_wait =
+                retry_after.unwrap_or_else(|| jitter(sub.retry.local_backoff * 2u32.pow(i)));
+            if i + 1 < local && local_wait <= LONGEST_LOCAL_WAIT {
+                let _ = msg.ack_with(AckKind::Progress).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(local_wait) => continue,
+                    _ = self.shutdown.wait() => {
+                        // Draining: hand the event back now instead of waiting.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        return;
+                    }
+                }
+            }
+            let backoff = sub
+                .retry
+                .redelivery_delay
+                .saturating_mul(2u32.saturating_pow(delivered - 1));
+            let delay =
+                retry_after.unwrap_or_else(|| jitter(backoff.min(sub.retry.max_redelivery_delay)));
+            tracing::debug!(attempt, ?delay, %reason, "handing the event back for redelivery");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %e, "nak failed; the event comes back after the ack wait");
+            }
+            return;
+        }
+    }
+
+    /// Writes the event to the dead-letter stream, then terminates the original.
+    async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        msg: &Message,
+        reason: &str,
+        status: Option<u16>,
+        attempts: u32,
+    ) {
+        if !sub.dead_letter {
+            tracing::warn!(%reason, attempts, "event dropped (dead letters are off for this subscription)");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        let info = msg.info().ok();
+        let consumer = info
+            .as_ref()
+            .map(|i| i.consumer.to_owned())
+            .unwrap_or_default();
+        let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(original) = &msg.headers {
+            for (name, values) in original.iter() {
+                if AsRef::<str>::as_ref(name).eq_ignore_ascii_case("Nats-Msg-Id") {
+                    continue;
+                }
+                for v in values {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+        }
+        headers.insert(
+            "Herald-Dlq-Reason",
+            reason.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(
+            "Herald-Dlq-Status",
+            status
+                .map_or_else(|| "none".to_owned(), |s| s.to_string())
+                .as_str(),
+        );
+        headers.insert("Herald-Dlq-Attempts", attempts.to_string().as_str());
+        headers.insert(
+            "Herald-Dlq-Subscriber",
+            self.who.describe(&sub.filter).as_str(),
+        );
+        headers.insert("Herald-Dlq-Subject", msg.subject.as_str());
+        headers.insert("Herald-Dlq-Consumer", consumer.as_str());
+        // A retried dead-letter write is stored once.
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{consumer}:{seq}").as_str(),
+        );
+        let subject = dlq_subject(&self.who, msg.subject.as_str());
+        let stored = async {
+            self.js
+                .publish_with_headers(subject, headers, msg.payload.clone())
+                .await?
+                .await?;
+            Ok::<_, async_nats::Error>(())
+        }
+        .await;
+        match stored {
+            Ok(()) => {
+                tracing::warn!(%reason, ?status, attempts, subject = %msg.subject, "event dead-lettered");
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "term failed after dead-lettering; the event may be dead-lettered again");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the dead letter; the event will be retried");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+    }
+
+    /// Runs one subscription until shutdown, then lets in-flight deliveries finish within `grace`.
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+        sub: Subscription,
+        grace: Duration,
+    ) {
+        let sub = Arc::new(sub);
+        let slots = Arc::new(Semaphore::new(sub.max_in_flight));
+        let mut tasks = JoinSet::new();
+        'pull: while !self.shutdown.is_triggered() {
+            // Pull only as many events as there are free slots.
+            let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+            tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                },
+                _ = self.shutdown.wait() => break,
+            }
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, filter = %sub.filter, "pull failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = self.shutdown.wait() => break,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    m = batch.next() => m,
+                    _ = self.shutdown.wait() => break 'pull,
+                };
+                match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "pull ended");
+                        break;
+                    }
+                    Some(Ok(msg)) => {
+                        let Some(permit) = permits.pop() else { break };
+                        let (this, sub) = (self.clone(), sub.clone());
+                        tasks.spawn(async move {
+                            this.deliver(&sub, msg).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(filter = %sub.filter, "grace period over with deliveries in flight; they will be redelivered");
+            tasks.abort_all();
+        }
+    }
+}
+
+/// `herald-dlq.<namespace>.<app id>.<the original subject without "herald.">`.
+pub fn dlq_subject(who: &Subscriber, original: &str) -> String {
+    let mut s = String::from(DLQ_PREFIX);
+    s.push('.');
+    encode_token_into(&who.namespace, &mut s);
+    s.push('.');
+    encode_token_into(&who.app_id, &mut s);
+    let tail = original.strip_prefix(EVENT_PREFIX).unwrap_or(original);
+    if !tail.starts_with('.') {
+        s.push('.');
+    }
+    s.push_str(tail);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_contract() {
+        let retry = |c: u16| {
+            matches!(
+                classify(StatusCode::from_u16(c).unwrap(), None),
+                Outcome::Retry { .. }
+            )
+        };
+        assert_eq!(classify(StatusCode::NO_CONTENT, None), Outcome::Delivered);
+        for c in [404, 408, 409, 429, 500, 502, 503, 504] {
+            assert!(retry(c), "{c} is retried");
+        }
+        for c in [400, 401, 403, 405, 410, 413, 415, 422] {
+            assert!(
+                matches!(
+                    classify(StatusCode::from_u16(c).unwrap(), None),
+                    Outcome::Permanent { .. }
+                ),
+                "{c} is permanent"
+            );
+        }
+        let ra = HeaderValue::from_static("7");
+        let Outcome::Retry { retry_after, .. } = classify(StatusCode::TOO_MANY_REQUESTS, Some(&ra))
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        let Outcome::Retry { retry_after, .. } =
+            classify(StatusCode::INTERNAL_SERVER_ERROR, Some(&ra))
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after, None, "only 429 and 503 carry Retry-After");
+    }
+
+    #[test]
+    fn dead_letter_subjects() {
+        let who = Subscriber {
+            namespace: "prod".into(),
+            app_id: "billing".into(),
+        };
+        assert_eq!(
+            dlq_subject(&who, "herald.shop.order.created.v1"),
+            "herald-dlq.prod.billing.shop.order.created.v1"
+        );
+    }
+}

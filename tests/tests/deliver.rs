@@ -1,0 +1,417 @@
+//! Delivery end to end: real nats-server, the real `herald` binary, a real HTTP sink.
+
+use std::time::Duration;
+
+use herald_tests::sink::Sink;
+use herald_tests::{Herald, Nats, header, stored};
+
+async fn subscriber(nats: &Nats, app_id: &str, sink: &Sink, extra: &[&str]) -> Herald {
+    let port = sink.port.to_string();
+    let mut args = vec![
+        "--nats-url",
+        nats.server.url(),
+        "--app-id",
+        app_id,
+        "--app-port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    let h = Herald::start("sidecar", &args).await;
+    h.wait_ready().await;
+    h
+}
+
+async fn publish(h: &Herald, id: &str, ty: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/publish", h.url))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "shop")
+        .header("ce-type", ty)
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(format!("{{\"id\":\"{id}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn an_event_waits_in_the_stream_while_the_app_is_down_and_is_delivered_when_it_is_back() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let mut sink = Sink::start().await;
+    let h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &[
+            "--subscribe",
+            "order.created.v1",
+            "--path",
+            "/in",
+            "--redelivery-delay",
+            "300ms",
+        ],
+    )
+    .await;
+    sink.down();
+    publish(&h, "o-1", "order.created.v1").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(sink.received().is_empty());
+    sink.up().await;
+    let got = sink.wait_for(1, WAIT).await;
+    let r = &got[0];
+    assert_eq!(r.path, "/in");
+    assert_eq!(r.header("ce-id"), Some("o-1"));
+    assert_eq!(r.header("ce-type"), Some("order.created.v1"));
+    assert_eq!(r.header("ce-source"), Some("shop"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.header("traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert!(
+        r.header("herald-delivery-attempt")
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            > 1
+    );
+    assert_eq!(&r.body[..], br#"{"id":"o-1"}"#);
+}
+
+#[tokio::test]
+async fn two_apps_each_get_every_event_and_replicas_share_them() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let (billing, shipping_a, shipping_b) = (
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    );
+    let sub = ["--subscribe", "order.*.v1"];
+    let b = subscriber(&nats, "billing", &billing, &sub).await;
+    let _sa = subscriber(&nats, "shipping", &shipping_a, &sub).await;
+    let _sb = subscriber(&nats, "shipping", &shipping_b, &sub).await;
+    for i in 0..40 {
+        publish(&b, &format!("e{i}"), "order.created.v1").await;
+    }
+    publish(&b, "other", "invoice.sent.v1").await;
+    billing.wait_for(40, WAIT).await;
+    let until = std::time::Instant::now() + WAIT;
+    while shipping_a.received().len() + shipping_b.received().len() < 40 {
+        assert!(
+            std::time::Instant::now() < until,
+            "shipping replicas did not get every event"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = |s: &Sink| {
+        s.received()
+            .iter()
+            .map(|r| r.header("ce-id").unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let mut shipping: Vec<String> = ids(&shipping_a)
+        .into_iter()
+        .chain(ids(&shipping_b))
+        .collect();
+    shipping.sort();
+    shipping.dedup();
+    assert_eq!(
+        shipping.len(),
+        40,
+        "every event reaches the shipping workload"
+    );
+    assert_eq!(
+        ids(&billing).len(),
+        40,
+        "billing gets each event once, and not invoice.sent.v1"
+    );
+    let dups = shipping_a.received().len() + shipping_b.received().len() - 40;
+    eprintln!(
+        "shipping: replica a {}, replica b {}, redelivered duplicates {dups}",
+        shipping_a.received().len(),
+        shipping_b.received().len()
+    );
+    assert!(
+        !shipping_a.received().is_empty() && !shipping_b.received().is_empty(),
+        "both replicas share the work"
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_and_the_attempt_is_counted() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.script(&[(500, None), (502, None)]);
+    let h = subscriber(&nats, "billing", &sink, &["--subscribe", "order.>"]).await;
+    publish(&h, "r-1", "order.created.v1").await;
+    let got = sink.wait_for(3, WAIT).await;
+    let attempts: Vec<_> = got
+        .iter()
+        .map(|r| r.header("herald-delivery-attempt").unwrap().to_owned())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.received().len(),
+        3,
+        "acknowledged after the 2xx: not delivered again"
+    );
+}
+
+#[tokio::test]
+async fn a_client_error_is_dead_lettered_at_once() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.always(400);
+    let h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &["--subscribe", "order.created.v1", "--namespace", "prod"],
+    )
+    .await;
+    publish(&h, "bad-1", "order.created.v1").await;
+    let until = std::time::Instant::now() + WAIT;
+    while stored(&js, "HERALD_DLQ").await.is_empty() {
+        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    let dl = stored(&js, "HERALD_DLQ").await;
+    assert_eq!(dl.len(), 1);
+    let m = &dl[0];
+    assert_eq!(
+        m.subject.as_str(),
+        "herald-dlq.prod.billing.shop.order.created.v1"
+    );
+    assert_eq!(header(m, "Herald-Dlq-Status"), Some("400"));
+    assert_eq!(header(m, "Herald-Dlq-Attempts"), Some("1"));
+    assert_eq!(
+        header(m, "Herald-Dlq-Subscriber"),
+        Some("prod/billing/order.created.v1")
+    );
+    assert_eq!(
+        header(m, "Herald-Dlq-Subject"),
+        Some("herald.shop.order.created.v1")
+    );
+    assert!(header(m, "Herald-Dlq-Reason").unwrap().contains("400"));
+    assert_eq!(header(m, "ce-id"), Some("bad-1"));
+    assert_eq!(&m.payload[..], br#"{"id":"bad-1"}"#);
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_is_dead_lettered_with_the_reason() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.always(503);
+    let h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &[
+            "--subscribe",
+            "order.created.v1",
+            "--max-attempts",
+            "5",
+            "--redelivery-delay",
+            "200ms",
+        ],
+    )
+    .await;
+    publish(&h, "x-1", "order.created.v1").await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while stored(&js, "HERALD_DLQ").await.is_empty() {
+        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dl = stored(&js, "HERALD_DLQ").await;
+    assert_eq!(header(&dl[0], "Herald-Dlq-Attempts"), Some("5"));
+    assert_eq!(header(&dl[0], "Herald-Dlq-Status"), Some("503"));
+    assert!(
+        header(&dl[0], "Herald-Dlq-Reason")
+            .unwrap()
+            .contains("gave up after 5 attempts")
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let attempts: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.header("herald-delivery-attempt").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        attempts,
+        ["1", "2", "3", "4", "5"],
+        "one budget over local retries and redeliveries"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.script(&[(429, Some(1))]);
+    let h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &["--subscribe", "order.created.v1"],
+    )
+    .await;
+    publish(&h, "ra-1", "order.created.v1").await;
+    let got = sink.wait_for(2, WAIT).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(900),
+        "retried after {gap:?}, before Retry-After: 1"
+    );
+}
+
+#[tokio::test]
+async fn max_in_flight_is_never_exceeded() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.delay(Duration::from_millis(200));
+    let h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &["--subscribe", "order.created.v1", "--max-in-flight", "3"],
+    )
+    .await;
+    for i in 0..15 {
+        publish(&h, &format!("m{i}"), "order.created.v1").await;
+    }
+    sink.wait_for(15, WAIT).await;
+    assert!(
+        sink.peak_concurrency() <= 3,
+        "peak concurrency {}",
+        sink.peak_concurrency()
+    );
+    assert!(
+        sink.peak_concurrency() >= 2,
+        "deliveries should overlap up to the limit"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_delivery_finish_and_dead_letters_nothing() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.delay(Duration::from_millis(1500));
+    let mut h = subscriber(
+        &nats,
+        "billing",
+        &sink,
+        &["--subscribe", "order.created.v1"],
+    )
+    .await;
+    publish(&h, "slow-1", "order.created.v1").await;
+    sink.wait_for(1, WAIT).await;
+    h.sigterm();
+    let status = tokio::task::spawn_blocking(move || h.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()));
+    assert!(stored(&js, "HERALD_DLQ").await.is_empty());
+    // The delivery completed and was acknowledged: a new sidecar gets nothing.
+    let sink2 = Sink::start().await;
+    let _h2 = subscriber(
+        &nats,
+        "billing",
+        &sink2,
+        &["--subscribe", "order.created.v1"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(sink2.received().is_empty());
+}
+
+#[tokio::test]
+async fn subscriptions_come_from_the_annotations_file() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("annotations");
+    std::fs::write(
+        &file,
+        format!(
+            "herald.dev/app-port=\"{}\"\nherald.dev/inject=\"true\"\nherald.dev/path=\"/hook\"\nherald.dev/subscribe=\"shop/order.\\u003e\"\n",
+            sink.port
+        ),
+    )
+    .unwrap();
+    let h = Herald::start(
+        "sidecar",
+        &[
+            "--nats-url",
+            nats.server.url(),
+            "--app-id",
+            "billing",
+            "--annotations-file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    h.wait_ready().await;
+    publish(&h, "f-1", "order.paid.v1").await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].path, "/hook");
+}
+
+#[test]
+fn bad_subscription_settings_are_refused_naming_the_key() {
+    let out = herald_tests::herald_output(
+        &["sidecar", "--app-id", "a", "--subscribe", "order..v1"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--subscribe"), "{err}");
+    assert!(err.contains("herald.dev/app-port"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("annotations");
+    std::fs::write(
+        &file,
+        "herald.dev/max-in-flight=\"lots\"\nherald.dev/subscibe=\"x\"\n",
+    )
+    .unwrap();
+    let out = herald_tests::herald_output(
+        &[
+            "sidecar",
+            "--app-id",
+            "a",
+            "--annotations-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("herald.dev/max-in-flight") && err.contains("herald.dev/subscibe"),
+        "{err}"
+    );
+}
