@@ -194,6 +194,12 @@ impl Herald {
         self.child.id()
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn sigterm(&self) {
         use nix::sys::signal::{Signal, kill};
         let _ = kill(

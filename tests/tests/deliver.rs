@@ -415,3 +415,101 @@ fn bad_subscription_settings_are_refused_naming_the_key() {
         "{err}"
     );
 }
+
+/// Counts deliveries per event id; every id must be there at least once.
+fn at_least_once(sink: &Sink, ids: &[String]) -> usize {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in sink.received() {
+        *seen
+            .entry(r.header("ce-id").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let missing: Vec<_> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    seen.values().map(|n| n - 1).sum()
+}
+
+async fn wait_all(sink: &Sink, ids: &[String], limit: Duration) {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let got: std::collections::HashSet<String> = sink
+            .received()
+            .iter()
+            .map(|r| r.header("ce-id").unwrap().to_owned())
+            .collect();
+        if ids.iter().all(|id| got.contains(id)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{} of {} delivered",
+            got.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_killed_mid_delivery_loses_nothing() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.delay(Duration::from_millis(300));
+    // A short attempt timeout keeps the ack wait, after which JetStream redelivers, short.
+    let args = [
+        "--subscribe",
+        "order.created.v1",
+        "--max-in-flight",
+        "5",
+        "--attempt-timeout",
+        "1s",
+    ];
+    let mut h = subscriber(&nats, "billing", &sink, &args).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        publish(&h, id, "order.created.v1").await;
+    }
+    sink.wait_for(3, WAIT).await;
+    h.kill();
+    let _h2 = subscriber(&nats, "billing", &sink, &args).await;
+    wait_all(&sink, &ids, Duration::from_secs(30)).await;
+    let dups = at_least_once(&sink, &ids);
+    eprintln!(
+        "sidecar SIGKILL: {} events, {} deliveries, {dups} duplicates",
+        ids.len(),
+        sink.received().len()
+    );
+}
+
+#[tokio::test]
+async fn nats_killed_during_delivery_loses_nothing() {
+    let mut nats = Nats::start();
+    nats.create_streams().await;
+    let sink = Sink::start().await;
+    sink.delay(Duration::from_millis(100));
+    let args = [
+        "--subscribe",
+        "order.created.v1",
+        "--max-in-flight",
+        "5",
+        "--attempt-timeout",
+        "1s",
+    ];
+    let h = subscriber(&nats, "billing", &sink, &args).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+    for id in &ids {
+        publish(&h, id, "order.created.v1").await;
+    }
+    sink.wait_for(5, WAIT).await;
+    nats.server.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.server.restart().unwrap();
+    wait_all(&sink, &ids, Duration::from_secs(40)).await;
+    let dups = at_least_once(&sink, &ids);
+    eprintln!(
+        "nats SIGKILL: {} events, {} deliveries, {dups} duplicates",
+        ids.len(),
+        sink.received().len()
+    );
+}
