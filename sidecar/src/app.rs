@@ -146,12 +146,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         api_cfg,
         broker.clone(),
         buffer,
-        metrics,
+        metrics.clone(),
         shutdown.clone(),
     ));
     let readiness = Readiness::new(broker.clone(), &cfg.stream);
     tokio::spawn(readiness.clone().monitor(shutdown.clone()));
-    let deliveries = start_deliveries(&cfg, &broker, &readiness, &shutdown);
+    let deliveries = start_deliveries(&cfg, &broker, &readiness, &shutdown, &metrics);
     let admin = Arc::new(Admin {
         registry,
         readiness,
@@ -211,6 +211,7 @@ fn start_deliveries(
     broker: &Broker,
     readiness: &Arc<Readiness>,
     shutdown: &Shutdown,
+    metrics: &Arc<Metrics>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (Some(port), false) = (cfg.pod.app_port, cfg.pod.subscriptions.is_empty()) else {
         return vec![];
@@ -224,6 +225,7 @@ fn start_deliveries(
         who.clone(),
         port,
         shutdown.clone(),
+        metrics.clone(),
     );
     readiness.expect_consumers(cfg.pod.subscriptions.len());
     cfg.pod

@@ -31,6 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::consumer::Subscriber;
+use crate::metrics::{
+    AttemptLabels, AttemptResult, DeliveryOutcome, Metrics, OutcomeLabels, SubscriptionLabels,
+};
 use crate::shutdown::Shutdown;
 use crate::subject::{EVENT_PREFIX, encode_token_into};
 use crate::subscribe::Subscription;
@@ -107,6 +110,7 @@ pub struct Deliverer {
     js: jetstream::Context,
     who: Subscriber,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 }
 
 impl Deliverer {
@@ -115,6 +119,7 @@ impl Deliverer {
         who: Subscriber,
         app_port: u16,
         shutdown: Shutdown,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -128,11 +133,48 @@ impl Deliverer {
             js,
             who,
             shutdown,
+            metrics,
         })
     }
 
-    /// One HTTP attempt.
-    pub async fn attempt(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
+    /// One HTTP attempt, measured.
+    async fn attempt(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
+        let label = SubscriptionLabels {
+            subscription: sub.filter.to_string(),
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.send(sub, msg, attempt).await;
+        self.metrics
+            .delivery_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        let result = match outcome {
+            Outcome::Delivered => AttemptResult::Delivered,
+            Outcome::Retry { .. } => AttemptResult::Retryable,
+            Outcome::Permanent { .. } => AttemptResult::Permanent,
+        };
+        self.metrics
+            .delivery_attempts
+            .get_or_create(&AttemptLabels {
+                subscription: label.subscription,
+                result,
+            })
+            .inc();
+        outcome
+    }
+
+    fn count(&self, sub: &Subscription, outcome: DeliveryOutcome) {
+        self.metrics
+            .deliveries
+            .get_or_create(&OutcomeLabels {
+                subscription: sub.filter.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// One HTTP request to the app.
+    async fn send(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
         let mut req =
             http::Request::post(format!("http://127.0.0.1:{}{}", self.app_port, sub.path));
         if let Some(headers) = &msg.headers {
@@ -192,6 +234,7 @@ impl Deliverer {
             let attempt = first + i + 1;
             let (status, retry_after, reason) = match self.attempt(sub, &msg, attempt).await {
                 Outcome::Delivered => {
+                    self.count(sub, DeliveryOutcome::Acked);
                     if let Err(e) = msg.ack().await {
                         tracing::warn!(error = %e, "ack failed; the event will be delivered again");
                     }
@@ -232,6 +275,7 @@ impl Deliverer {
             let delay =
                 retry_after.unwrap_or_else(|| jitter(backoff.min(sub.retry.max_redelivery_delay)));
             tracing::debug!(attempt, ?delay, %reason, "handing the event back for redelivery");
+            self.count(sub, DeliveryOutcome::Redelivery);
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %e, "nak failed; the event comes back after the ack wait");
             }
@@ -250,6 +294,7 @@ impl Deliverer {
     ) {
         if !sub.dead_letter {
             tracing::warn!(%reason, attempts, "event dropped (dead letters are off for this subscription)");
+            self.count(sub, DeliveryOutcome::Dropped);
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
@@ -304,6 +349,7 @@ impl Deliverer {
         match stored {
             Ok(()) => {
                 tracing::warn!(%reason, ?status, attempts, subject = %msg.subject, "event dead-lettered");
+                self.count(sub, DeliveryOutcome::DeadLettered);
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "term failed after dead-lettering; the event may be dead-lettered again");
                 }
@@ -327,6 +373,16 @@ impl Deliverer {
         let sub = Arc::new(sub);
         let slots = Arc::new(Semaphore::new(sub.max_in_flight));
         let mut tasks = JoinSet::new();
+        let label = SubscriptionLabels {
+            subscription: sub.filter.to_string(),
+        };
+        let in_flight = self
+            .metrics
+            .deliveries_in_flight
+            .get_or_create(&label)
+            .clone();
+        let pending = self.metrics.consumer_pending.get_or_create(&label).clone();
+        let lag = tokio::spawn(report_lag(consumer.clone(), pending, self.shutdown.clone()));
         'pull: while !self.shutdown.is_triggered() {
             // Pull only as many events as there are free slots.
             let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
@@ -369,9 +425,11 @@ impl Deliverer {
                     }
                     Some(Ok(msg)) => {
                         let Some(permit) = permits.pop() else { break };
-                        let (this, sub) = (self.clone(), sub.clone());
+                        let (this, sub, in_flight) = (self.clone(), sub.clone(), in_flight.clone());
+                        in_flight.inc();
                         tasks.spawn(async move {
                             this.deliver(&sub, msg).await;
+                            in_flight.dec();
                             drop(permit);
                         });
                     }
@@ -379,11 +437,29 @@ impl Deliverer {
                 while tasks.try_join_next().is_some() {}
             }
         }
+        lag.abort();
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(filter = %sub.filter, "grace period over with deliveries in flight; they will be redelivered");
             tasks.abort_all();
+        }
+    }
+}
+
+/// Publishes the consumer's pending count (events not yet delivered to it) every 5 s.
+async fn report_lag(
+    mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    shutdown: Shutdown,
+) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            gauge.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait() => return,
         }
     }
 }

@@ -65,6 +65,47 @@ pub struct ConnectionLabels {
     pub event: ConnectionEvent,
 }
 
+/// What one delivery attempt came to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum AttemptResult {
+    /// The app answered 2xx.
+    Delivered,
+    /// A retryable failure (5xx, 404, 408, 409, 429, network, timeout).
+    Retryable,
+    /// A permanent failure (other 4xx).
+    Permanent,
+}
+
+/// Where an event went in the end (per broker delivery).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DeliveryOutcome {
+    Acked,
+    /// Handed back for a later redelivery (delayed NAK).
+    Redelivery,
+    DeadLettered,
+    /// Dropped because dead letters are off for the subscription.
+    Dropped,
+}
+
+/// A subscription, by its filter. Filters come from the pod's configuration, not from events, so
+/// the label's cardinality is the number of subscriptions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    pub subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub subscription: String,
+    pub result: AttemptResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub subscription: String,
+    pub outcome: DeliveryOutcome,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
@@ -73,6 +114,11 @@ pub struct Metrics {
     pub nats_connection_events: Family<ConnectionLabels, Counter>,
     pub async_buffered: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub async_dropped: Family<DropLabels, Counter<u64, AtomicU64>>,
+    pub delivery_attempts: Family<AttemptLabels, Counter>,
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    pub delivery_duration: Family<SubscriptionLabels, Histogram>,
+    pub deliveries_in_flight: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pub consumer_pending: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
 }
 
 impl Metrics {
@@ -89,6 +135,14 @@ impl Metrics {
             nats_connection_events: Family::default(),
             async_buffered: Gauge::default(),
             async_dropped: Family::default(),
+            delivery_attempts: Family::default(),
+            deliveries: Family::default(),
+            // 500 µs .. ~65 s: an app's handler, up to the attempt timeout.
+            delivery_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+            }),
+            deliveries_in_flight: Family::default(),
+            consumer_pending: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("herald");
         r.register(
@@ -125,6 +179,31 @@ impl Metrics {
             "async_dropped_events",
             "Async events given up, by reason",
             m.async_dropped.clone(),
+        );
+        r.register(
+            "delivery_attempts",
+            "HTTP delivery attempts to the app, by subscription and result",
+            m.delivery_attempts.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Broker deliveries by subscription and where the event went (acked, redelivery, dead-lettered)",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_attempt_duration_seconds",
+            "Time from sending an event to the app to its answer",
+            m.delivery_duration.clone(),
+        );
+        r.register(
+            "deliveries_in_flight",
+            "Deliveries in progress in this sidecar",
+            m.deliveries_in_flight.clone(),
+        );
+        r.register(
+            "consumer_pending",
+            "Events in the stream not yet delivered to this subscription's consumer (lag)",
+            m.consumer_pending.clone(),
         );
         m
     }

@@ -168,6 +168,22 @@ async fn a_server_error_is_retried_and_the_attempt_is_counted() {
         3,
         "acknowledged after the 2xx: not delivered again"
     );
+    let metrics = reqwest::get(format!("{}/metrics", h.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"herald_delivery_attempts_total{subscription="order.>",result="Retryable"} 2"#,
+        r#"herald_delivery_attempts_total{subscription="order.>",result="Delivered"} 1"#,
+        r#"herald_deliveries_total{subscription="order.>",outcome="Acked"} 1"#,
+        r#"herald_deliveries_in_flight{subscription="order.>"} 0"#,
+        r#"herald_delivery_attempt_duration_seconds_count{subscription="order.>"} 3"#,
+        r#"herald_consumer_pending{subscription="order.>"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
