@@ -54,6 +54,10 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), AppError> {
             init_logging(LogFormat::Text);
             stream_info(&config::resolve_nats_url(&args, env)?).await
         }
+        Command::Deadletter { command } => {
+            init_logging(LogFormat::Text);
+            crate::deadletter::run(command, env).await
+        }
         Command::Bench {
             command: BenchCommand::Publish(args),
         } => {

@@ -56,6 +56,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StreamCommand,
     },
+    /// Inspect and replay dead letters.
+    Deadletter {
+        #[command(subcommand)]
+        command: DeadletterCommand,
+    },
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -67,6 +72,14 @@ pub enum Command {
 pub enum StreamCommand {
     /// Messages, bytes and consumers of every stream (like `nats stream ls`).
     Info(ConnArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadletterCommand {
+    /// List dead letters (filter with --app, --type, --since, --seq).
+    List(crate::deadletter::DeadletterArgs),
+    /// Publish the selected dead letters again, for the subscription that failed them only.
+    Replay(crate::deadletter::DeadletterArgs),
 }
 
 #[derive(Debug, Subcommand)]

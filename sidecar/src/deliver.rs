@@ -227,6 +227,15 @@ impl Deliverer {
 
     /// Delivers one event within the retry budget, then acks, NAKs or dead-letters it.
     async fn deliver(&self, sub: &Subscription, msg: Message) {
+        // A replayed dead letter is for one subscription only; the others let it pass.
+        let replay_for = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::deadletter::REPLAY_FOR));
+        if replay_for.is_some_and(|r| r.as_str() != self.who.describe(&sub.filter)) {
+            let _ = msg.ack().await;
+            return;
+        }
         let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let local = sub.retry.local_attempts.max(1);
         let first = (delivered - 1).saturating_mul(local);

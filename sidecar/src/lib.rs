@@ -26,6 +26,7 @@ pub mod broker;
 pub mod buffer;
 pub mod config;
 pub mod consumer;
+pub mod deadletter;
 pub mod deliver;
 pub mod error;
 pub mod event;

@@ -529,3 +529,97 @@ async fn nats_killed_during_delivery_loses_nothing() {
         sink.received().len()
     );
 }
+
+#[tokio::test]
+async fn deadletter_list_and_replay_redeliver_to_the_failed_subscription_only() {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let (billing, shipping) = (Sink::start().await, Sink::start().await);
+    billing.always(422);
+    let h = subscriber(
+        &nats,
+        "billing",
+        &billing,
+        &["--subscribe", "order.created.v1"],
+    )
+    .await;
+    let _s = subscriber(
+        &nats,
+        "shipping",
+        &shipping,
+        &["--subscribe", "order.created.v1"],
+    )
+    .await;
+    publish(&h, "dl-1", "order.created.v1").await;
+    shipping.wait_for(1, WAIT).await;
+    let until = std::time::Instant::now() + WAIT;
+    while stored(&js, "HERALD_DLQ").await.is_empty() {
+        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = nats.url();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            herald_tests::herald_output(&args, &[])
+        })
+    };
+    let out = run(vec![
+        "deadletter".into(),
+        "list".into(),
+        "--nats-url".into(),
+        url.clone(),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    let row = text.lines().nth(1).unwrap_or_default();
+    for needle in [
+        "default/billing/order.created.v1",
+        "order.created.v1",
+        "dl-1",
+        "422",
+    ] {
+        assert!(row.contains(needle), "{needle} not in {text}");
+    }
+    let out = run(vec![
+        "deadletter".into(),
+        "replay".into(),
+        "--nats-url".into(),
+        url.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64), "replay needs a selection");
+
+    billing.always(204);
+    let out = run(vec![
+        "deadletter".into(),
+        "replay".into(),
+        "--nats-url".into(),
+        url.clone(),
+        "--app".into(),
+        "billing".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = billing.wait_for(2, WAIT).await;
+    assert_eq!(got[1].header("ce-id"), Some("dl-1"));
+    assert_eq!(&got[1].body[..], br#"{"id":"dl-1"}"#);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        shipping.received().len(),
+        1,
+        "the replay is for billing only"
+    );
+    assert!(
+        stored(&js, "HERALD_DLQ").await.is_empty(),
+        "a replayed dead letter is removed"
+    );
+}
