@@ -13,6 +13,15 @@
 //!   NATS failures classified into [`error::PublishError`] kinds. [`subject`]: the reversible
 //!   subject encoding. [`buffer`]: the async durability mode.
 //! - [`streams`]: stream policy → JetStream config, shared with the controller.
+//!
+//! Delivery, from JetStream to the app:
+//! - [`subscribe`]: the annotation contract (keys, defaults, validation, the downward API file),
+//!   shared with the injector.
+//! - [`consumer`]: one durable pull consumer per (namespace, app id, filter).
+//! - [`deliver`]: pull within max in flight, HTTP delivery, retry budget, dead letters, drain.
+//! - [`deadletter`]: `herald deadletter list|replay`.
+//!
+//! Around both:
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: what is measured.
 //! - [`config`]: flags and `HERALD_*` variables; [`app`]: wiring and exit codes;
 //!   [`shutdown`]: the drain signal; [`natsd`]: a throwaway nats-server for `herald dev`

@@ -4,6 +4,8 @@
 //!   from PATH), random port, temporary store; restartable on the same port to simulate outages.
 //! - [`Herald`]: the real `herald` binary (`HERALD_BIN`, else `target/debug/herald`; `scripts/test`
 //!   builds it first) as a child process on free ports.
+//! - [`sink::Sink`]: a real HTTP app receiving deliveries (scripted answers, delays, peak
+//!   concurrency, stoppable and restartable on its port).
 //! - helpers to create streams with herald's own policy code and read back what JetStream stored.
 
 use std::path::PathBuf;
