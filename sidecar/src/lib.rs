@@ -25,7 +25,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: what is measured.
 //! - [`config`]: flags and `HERALD_*` variables; [`app`]: wiring and exit codes;
 //!   [`shutdown`]: the drain signal; [`natsd`]: a throwaway nats-server for `herald dev`
-//!   and the tests; [`bench`]: `herald bench publish`.
+//!   and the tests; [`bench`](mod@bench): `herald bench publish`.
 
 pub mod admin;
 pub mod api;
