@@ -312,7 +312,6 @@ impl Deliverer {
             .as_ref()
             .map(|i| i.consumer.to_owned())
             .unwrap_or_default();
-        let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or(0);
         let mut headers = async_nats::HeaderMap::new();
         if let Some(original) = &msg.headers {
             for (name, values) in original.iter() {
@@ -341,11 +340,14 @@ impl Deliverer {
         );
         headers.insert("Herald-Dlq-Subject", msg.subject.as_str());
         headers.insert("Herald-Dlq-Consumer", consumer.as_str());
-        // A retried dead-letter write is stored once.
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{consumer}:{seq}").as_str(),
-        );
+        // A retried dead-letter write is stored once; without delivery metadata (never for a
+        // consumer's message) no id is set rather than one that would merge different events.
+        if let Some(i) = &info {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{}:{}", i.consumer, i.stream_sequence).as_str(),
+            );
+        }
         let subject = dlq_subject(&self.who, msg.subject.as_str());
         let stored = async {
             self.js
