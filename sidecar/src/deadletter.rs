@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::StreamMessage};
 
 use crate::app::AppError;
+use crate::deliver::dlq_header;
 
 /// Header of a replayed event naming the subscription it is for.
 pub const REPLAY_FOR: &str = "Herald-Replay-For";
@@ -117,12 +118,12 @@ pub async fn list(
         let d = DeadLetter {
             seq,
             age,
-            subscriber: header(&m, "Herald-Dlq-Subscriber"),
+            subscriber: header(&m, dlq_header::SUBSCRIBER),
             ty: decode(&header(&m, "ce-type")),
             id: decode(&header(&m, "ce-id")),
-            status: header(&m, "Herald-Dlq-Status"),
-            attempts: header(&m, "Herald-Dlq-Attempts"),
-            reason: header(&m, "Herald-Dlq-Reason"),
+            status: header(&m, dlq_header::STATUS),
+            attempts: header(&m, dlq_header::ATTEMPTS),
+            reason: header(&m, dlq_header::REASON),
             message: m,
         };
         if sel.matches(&d) {
@@ -134,7 +135,7 @@ pub async fn list(
 
 /// Publishes a dead letter back for its subscription; returns once JetStream stored it.
 pub async fn replay(js: &jetstream::Context, d: &DeadLetter) -> Result<(), AppError> {
-    let subject = header(&d.message, "Herald-Dlq-Subject");
+    let subject = header(&d.message, dlq_header::SUBJECT);
     if subject.is_empty() {
         return Err(AppError::Runtime(format!(
             "dead letter {} has no Herald-Dlq-Subject header",
@@ -144,7 +145,7 @@ pub async fn replay(js: &jetstream::Context, d: &DeadLetter) -> Result<(), AppEr
     let mut headers = async_nats::HeaderMap::new();
     for (name, values) in d.message.headers.iter() {
         let n: &str = name.as_ref();
-        if n.starts_with("Herald-Dlq-") || n.eq_ignore_ascii_case("Nats-Msg-Id") {
+        if n.starts_with(dlq_header::PREFIX) || n.eq_ignore_ascii_case("Nats-Msg-Id") {
             continue;
         }
         for v in values {

@@ -42,6 +42,18 @@ use crate::subscribe::Subscription;
 pub const ATTEMPT_HEADER: &str = "herald-delivery-attempt";
 /// Prefix of dead-letter subjects.
 pub const DLQ_PREFIX: &str = "herald-dlq";
+
+/// Headers a dead letter carries besides the original event's; `herald deadletter` reads them.
+pub mod dlq_header {
+    /// Every dead-letter header starts with this (replay strips them).
+    pub const PREFIX: &str = "Herald-Dlq-";
+    pub const REASON: &str = "Herald-Dlq-Reason";
+    pub const STATUS: &str = "Herald-Dlq-Status";
+    pub const ATTEMPTS: &str = "Herald-Dlq-Attempts";
+    pub const SUBSCRIBER: &str = "Herald-Dlq-Subscriber";
+    pub const SUBJECT: &str = "Herald-Dlq-Subject";
+    pub const CONSUMER: &str = "Herald-Dlq-Consumer";
+}
 /// A `Retry-After` or backoff longer than this is waited out by the broker (delayed NAK), not in
 /// the sidecar.
 const LONGEST_LOCAL_WAIT: Duration = Duration::from_secs(2);
@@ -324,22 +336,22 @@ impl Deliverer {
             }
         }
         headers.insert(
-            "Herald-Dlq-Reason",
+            dlq_header::REASON,
             reason.replace(['\r', '\n'], " ").as_str(),
         );
         headers.insert(
-            "Herald-Dlq-Status",
+            dlq_header::STATUS,
             status
                 .map_or_else(|| "none".to_owned(), |s| s.to_string())
                 .as_str(),
         );
-        headers.insert("Herald-Dlq-Attempts", attempts.to_string().as_str());
+        headers.insert(dlq_header::ATTEMPTS, attempts.to_string().as_str());
         headers.insert(
-            "Herald-Dlq-Subscriber",
+            dlq_header::SUBSCRIBER,
             self.who.describe(&sub.filter).as_str(),
         );
-        headers.insert("Herald-Dlq-Subject", msg.subject.as_str());
-        headers.insert("Herald-Dlq-Consumer", consumer.as_str());
+        headers.insert(dlq_header::SUBJECT, msg.subject.as_str());
+        headers.insert(dlq_header::CONSUMER, consumer.as_str());
         // A retried dead-letter write is stored once; without delivery metadata (never for a
         // consumer's message) no id is set rather than one that would merge different events.
         if let Some(i) = &info {
