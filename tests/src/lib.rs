@@ -79,6 +79,30 @@ pub async fn stored(js: &jetstream::Context, stream: &str) -> Vec<StreamMessage>
     out
 }
 
+/// Polls `check` every 25 ms until it holds; fails the test, naming `what`, after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < until, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits (15 s at most) until the dead-letter stream holds something, and returns its messages.
+pub async fn dead_letters(js: &jetstream::Context) -> Vec<StreamMessage> {
+    eventually(
+        Duration::from_secs(15),
+        "an event is dead-lettered",
+        || async { !stored(js, "HERALD_DLQ").await.is_empty() },
+    )
+    .await;
+    stored(js, "HERALD_DLQ").await
+}
+
 /// A header of a stored message as a string.
 pub fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
     m.headers.get(name).map(|v| v.as_str())

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, header, stored};
+use herald_tests::{Herald, Nats, dead_letters, eventually, header, stored};
 
 async fn subscriber(nats: &Nats, app_id: &str, sink: &Sink, extra: &[&str]) -> Herald {
     let port = sink.port.to_string();
@@ -105,14 +105,10 @@ async fn two_apps_each_get_every_event_and_replicas_share_them() {
     }
     publish(&b, "other", "invoice.sent.v1").await;
     billing.wait_for(40, WAIT).await;
-    let until = std::time::Instant::now() + WAIT;
-    while shipping_a.received().len() + shipping_b.received().len() < 40 {
-        assert!(
-            std::time::Instant::now() < until,
-            "shipping replicas did not get every event"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "the shipping replicas get every event", || async {
+        shipping_a.received().len() + shipping_b.received().len() >= 40
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ids = |s: &Sink| {
         s.received()
@@ -200,11 +196,7 @@ async fn a_client_error_is_dead_lettered_at_once() {
     )
     .await;
     publish(&h, "bad-1", "order.created.v1").await;
-    let until = std::time::Instant::now() + WAIT;
-    while stored(&js, "HERALD_DLQ").await.is_empty() {
-        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dead_letters(&js).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         sink.received().len(),
@@ -254,12 +246,7 @@ async fn an_exhausted_budget_is_dead_lettered_with_the_reason() {
     )
     .await;
     publish(&h, "x-1", "order.created.v1").await;
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while stored(&js, "HERALD_DLQ").await.is_empty() {
-        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let dl = stored(&js, "HERALD_DLQ").await;
+    let dl = dead_letters(&js).await;
     assert_eq!(header(&dl[0], "Herald-Dlq-Attempts"), Some("5"));
     assert_eq!(header(&dl[0], "Herald-Dlq-Status"), Some("503"));
     assert!(
@@ -446,24 +433,15 @@ fn at_least_once(sink: &Sink, ids: &[String]) -> usize {
 }
 
 async fn wait_all(sink: &Sink, ids: &[String], limit: Duration) {
-    let until = std::time::Instant::now() + limit;
-    loop {
+    eventually(limit, "every event is delivered", || async {
         let got: std::collections::HashSet<String> = sink
             .received()
             .iter()
             .map(|r| r.header("ce-id").unwrap().to_owned())
             .collect();
-        if ids.iter().all(|id| got.contains(id)) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "{} of {} delivered",
-            got.len(),
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ids.iter().all(|id| got.contains(id))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -552,11 +530,7 @@ async fn deadletter_list_and_replay_redeliver_to_the_failed_subscription_only() 
     .await;
     publish(&h, "dl-1", "order.created.v1").await;
     shipping.wait_for(1, WAIT).await;
-    let until = std::time::Instant::now() + WAIT;
-    while stored(&js, "HERALD_DLQ").await.is_empty() {
-        assert!(std::time::Instant::now() < until, "nothing dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dead_letters(&js).await;
     let url = nats.url();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {

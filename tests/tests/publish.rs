@@ -6,8 +6,17 @@ use std::time::Duration;
 use cloudevents::binding::reqwest::RequestBuilderExt as _;
 use cloudevents::{EventBuilder as _, EventBuilderV10};
 use futures::StreamExt as _;
-use herald_tests::{Herald, Nats, header, stored};
+use herald_tests::{Herald, Nats, eventually, header, stored};
 use serde_json::{Value, json};
+
+/// A nats-server with both streams, and a ready `herald sidecar` in front of it.
+async fn ready_sidecar(args: &[&str]) -> (Nats, async_nats::jetstream::Context, Herald) {
+    let nats = Nats::start();
+    let js = nats.create_streams().await;
+    let h = Herald::sidecar(&nats, args).await;
+    h.wait_ready().await;
+    (nats, js, h)
+}
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -34,10 +43,7 @@ async fn publish_binary(h: &Herald, id: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn sdk_binary_mode_keeps_every_attribute_and_the_data_bytes() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
 
     let data = br#"{"z":1,"a":[1.50,2e3],"big":123456789012345678901234567890}"#.to_vec();
     let event = EventBuilderV10::new()
@@ -103,10 +109,7 @@ async fn sdk_binary_mode_keeps_every_attribute_and_the_data_bytes() {
 
 #[tokio::test]
 async fn sdk_structured_and_batch_modes_are_stored() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
 
     let ev = |id: &str| {
         EventBuilderV10::new()
@@ -152,10 +155,7 @@ async fn sdk_structured_and_batch_modes_are_stored() {
 
 #[tokio::test]
 async fn structured_data_bytes_are_kept_exactly() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     let data = r#"{ "zeta" : 1.0, "alpha":[3,2,1], "n":12345678901234567890123 }"#;
     let body = format!(
         r#"{{"specversion":"1.0","id":"x1","source":"shop","type":"t.v1","datacontenttype":"application/json","data":{data}}}"#
@@ -177,10 +177,7 @@ async fn structured_data_bytes_are_kept_exactly() {
 
 #[tokio::test]
 async fn batch_stores_the_valid_events_and_lists_the_failed_ones() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &["--publish-allow", "order.>"]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&["--publish-allow", "order.>"]).await;
     let batch = json!([
         {"specversion":"1.0","id":"1","source":"shop","type":"order.created.v1","data":{"a":1}},
         {"specversion":"1.0","id":"2","source":"shop"},
@@ -226,10 +223,7 @@ async fn batch_stores_the_valid_events_and_lists_the_failed_ones() {
 
 #[tokio::test]
 async fn raw_events_endpoint_fills_the_attributes() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     let r = client()
         .post(format!("{}/events/order.created.v1", h.url))
         .header("content-type", "text/plain")
@@ -263,10 +257,7 @@ async fn raw_events_endpoint_fills_the_attributes() {
 
 #[tokio::test]
 async fn kyma_legacy_events_convert_and_errors_keep_kymas_shapes() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     let url = format!("{}/commerce/v1/events", h.url);
     let id = "8945ec08-256b-11eb-9928-acde48001122";
     let r = client()
@@ -343,10 +334,7 @@ async fn kyma_legacy_events_convert_and_errors_keep_kymas_shapes() {
 
 #[tokio::test]
 async fn same_source_and_id_is_stored_once() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     for _ in 0..3 {
         assert_eq!(publish_binary(&h, "dup-1").await.status(), 204);
     }
@@ -356,10 +344,7 @@ async fn same_source_and_id_is_stored_once() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413_without_being_buffered() {
-    let nats = Nats::start();
-    nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, _js, h) = ready_sidecar(&[]).await;
     let before = h.rss_kib();
     let big = vec![b'x'; 2 << 20];
     let mut statuses = Vec::new();
@@ -402,10 +387,7 @@ async fn oversized_bodies_get_413_without_being_buffered() {
 
 #[tokio::test]
 async fn unsupported_content_types_get_415_and_non_events_400() {
-    let nats = Nats::start();
-    nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, _js, h) = ready_sidecar(&[]).await;
     for ct in [
         "application/cloudevents+xml",
         "application/cloudevents+avro",
@@ -453,10 +435,7 @@ async fn unsupported_content_types_get_415_and_non_events_400() {
 
 #[tokio::test]
 async fn types_outside_the_allowlist_get_403() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &["--publish-allow", "order.*.v1, shop/invoice.>"]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&["--publish-allow", "order.*.v1, shop/invoice.>"]).await;
     let send = |ty: &'static str, source: &'static str| {
         let req = binary(&h.url, ty, source, ty);
         async move { req.send().await.unwrap().status().as_u16() }
@@ -674,10 +653,7 @@ async fn a_missing_stream_makes_the_sidecar_unready_and_publishes_503() {
 
 #[tokio::test]
 async fn async_durability_answers_202_and_stores_later() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     for i in 0..50 {
         let r = client()
             .post(format!("{}/events/tick.v1?durability=async", h.url))
@@ -696,14 +672,12 @@ async fn async_durability_answers_202_and_stores_later() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while stored(&js, "HERALD").await.len() < 51 {
-        assert!(
-            std::time::Instant::now() < until,
-            "async events were not stored"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the async events are stored",
+        || async { stored(&js, "HERALD").await.len() >= 51 },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -768,10 +742,7 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
-    let nats = Nats::start();
-    nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, _js, h) = ready_sidecar(&[]).await;
     publish_binary(&h, "m1").await;
     client()
         .post(format!("{}/publish", h.url))
@@ -823,10 +794,7 @@ async fn shutdown_endpoint_stops_the_sidecar() {
 
 #[tokio::test]
 async fn a_body_in_many_chunks_is_stored_whole() {
-    let nats = Nats::start();
-    let js = nats.create_streams().await;
-    let h = Herald::sidecar(&nats, &[]).await;
-    h.wait_ready().await;
+    let (_nats, js, h) = ready_sidecar(&[]).await;
     let parts = [
         r#"{"specversion":"1.0","id":"c1","source":"s","type":"t","#,
         r#""data":{"b":[1,2,3],"#,
