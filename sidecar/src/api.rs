@@ -32,8 +32,8 @@ pub struct ApiConfig {
     /// Default `source` of `/events/{type}`.
     pub app_id: String,
     pub max_body_bytes: u64,
-    /// Types this app may publish; empty means any.
-    pub publish_allow: Vec<TypeFilter>,
+    /// Types this app may publish; empty means any. Swapped by a reload of the annotations.
+    pub publish_allow: Arc<arc_swap::ArcSwap<Vec<TypeFilter>>>,
 }
 
 pub struct Api {
@@ -319,7 +319,7 @@ impl Api {
     }
 
     fn check_allowed(&self, ev: &Event) -> Result<(), PublishError> {
-        let allow = &self.cfg.publish_allow;
+        let allow = self.cfg.publish_allow.load();
         if allow.is_empty() || allow.iter().any(|f| f.matches(&ev.source, &ev.ty)) {
             Ok(())
         } else {

@@ -15,9 +15,10 @@ use crate::config::{
     self, BenchCommand, Cli, Command, ConfigError, Env, LogFormat, RunMode, ServeConfig,
     StreamCommand,
 };
-use crate::consumer::{self, Subscriber};
+use crate::consumer::Subscriber;
 use crate::deliver::Deliverer;
 use crate::http_server;
+use crate::live::Subscriptions;
 use crate::metrics::Metrics;
 use crate::natsd::{self, NatsServer, NatsServerOptions, NatsdError};
 use crate::shutdown::Shutdown;
@@ -141,10 +142,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         .listen_for_signals()
         .map_err(|e| AppError::Runtime(format!("cannot watch signals: {e}")))?;
     let (buffer, drainer) = AsyncBuffer::start(broker.clone(), cfg.async_buffer, metrics.clone());
+    let publish_allow = Arc::new(arc_swap::ArcSwap::from_pointee(cfg.publish_allow.clone()));
     let api_cfg = ApiConfig {
         app_id: cfg.app_id.clone(),
         max_body_bytes: cfg.max_body_bytes,
-        publish_allow: cfg.publish_allow.clone(),
+        publish_allow: publish_allow.clone(),
     };
     let api = Arc::new(Api::new(
         api_cfg,
@@ -155,7 +157,25 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     ));
     let readiness = Readiness::new(broker.clone(), &cfg.stream);
     tokio::spawn(readiness.clone().monitor(shutdown.clone()));
-    let deliveries = start_deliveries(&cfg, &broker, &readiness, &shutdown, &metrics);
+    let deliverer = Deliverer::new(
+        broker.jetstream().clone(),
+        &cfg.stream,
+        Subscriber {
+            namespace: cfg.namespace.clone(),
+            app_id: cfg.app_id.clone(),
+        },
+        metrics.clone(),
+    );
+    let mut subscriptions = Subscriptions::new(
+        deliverer,
+        readiness.clone(),
+        shutdown.clone(),
+        cfg.shutdown_grace,
+        publish_allow,
+        metrics.clone(),
+    );
+    subscriptions.apply(&cfg.pod);
+    let deliveries = tokio::spawn(subscriptions.run(cfg.pod_source.clone(), cfg.pod.clone()));
     let admin = Arc::new(Admin {
         registry,
         readiness,
@@ -190,9 +210,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         .map_or(Duration::ZERO, |t| t.elapsed());
     drainer.drain(grace.saturating_sub(spent)).await;
     // Deliveries drain on the same signal and bound themselves by the grace period.
-    for d in deliveries {
-        let _ = tokio::time::timeout(grace + Duration::from_secs(1), d).await;
-    }
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), deliveries).await;
     if tokio::time::timeout(Duration::from_secs(2), broker.client().flush())
         .await
         .is_err()
@@ -206,59 +224,6 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Starts one delivery task per subscription. Each binds its consumer (retrying until the stream
-/// exists), then pulls and delivers until shutdown.
-fn start_deliveries(
-    cfg: &ServeConfig,
-    broker: &Broker,
-    readiness: &Arc<Readiness>,
-    shutdown: &Shutdown,
-    metrics: &Arc<Metrics>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let (Some(port), false) = (cfg.pod.app_port, cfg.pod.subscriptions.is_empty()) else {
-        return vec![];
-    };
-    let who = Subscriber {
-        namespace: cfg.namespace.clone(),
-        app_id: cfg.app_id.clone(),
-    };
-    let deliverer = Deliverer::new(
-        broker.jetstream().clone(),
-        who.clone(),
-        port,
-        shutdown.clone(),
-        metrics.clone(),
-    );
-    readiness.expect_consumers(cfg.pod.subscriptions.len());
-    cfg.pod
-        .subscriptions
-        .iter()
-        .cloned()
-        .map(|sub| {
-            let (js, stream, who) = (broker.jetstream().clone(), cfg.stream.clone(), who.clone());
-            let (deliverer, readiness, shutdown, grace) =
-                (deliverer.clone(), readiness.clone(), shutdown.clone(), cfg.shutdown_grace);
-            tokio::spawn(async move {
-                let consumer = loop {
-                    match consumer::ensure(&js, &stream, &who, &sub).await {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            tracing::warn!(filter = %sub.filter, error = %e, "cannot bind the consumer; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                _ = shutdown.wait() => return,
-                            }
-                        }
-                    }
-                };
-                tracing::info!(filter = %sub.filter, consumer = %who.consumer_name(&sub.filter), port, path = %sub.path, "subscribed");
-                readiness.consumer_bound();
-                deliverer.run(consumer, sub, grace).await;
-            })
-        })
-        .collect()
 }
 
 /// Creates or updates both streams (dev mode) once NATS is reachable.

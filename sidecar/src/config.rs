@@ -200,6 +200,8 @@ pub struct ServeConfig {
     pub namespace: String,
     /// Subscriptions and the app port, from the annotations file and the flags.
     pub pod: PodConfig,
+    /// Where `pod` came from, to read it again when the annotations file changes.
+    pub pod_source: PodSource,
 }
 
 /// Default path of the downward API annotations file in the pod.
@@ -292,31 +294,14 @@ impl ServeConfig {
         let namespace = r
             .get("namespace", &args.namespace, parse_app_id)
             .unwrap_or_else(|| "default".into());
-        let mut pod = resolve_pod(&mut r, mode, args);
-        let max_attempts = r.get("max-attempts", &args.max_attempts, |v| {
-            parse_count(v, 1, 1000)
-        });
-        let attempt_timeout = r.get(
-            "attempt-timeout",
-            &args.attempt_timeout,
-            parse_positive_duration,
-        );
-        let redelivery_delay = r.get(
-            "redelivery-delay",
-            &args.redelivery_delay,
-            parse_positive_duration,
-        );
-        for sub in pod.iter_mut().flat_map(|p| p.subscriptions.iter_mut()) {
-            if let Some(n) = max_attempts {
-                sub.retry.max_attempts = n as u32;
+        let pod_source = PodSource::resolve(&mut r, mode, args);
+        let pod = match pod_source.load() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                e.0.into_iter().for_each(|e| r.fail(e));
+                None
             }
-            if let Some(d) = attempt_timeout {
-                sub.attempt_timeout = d;
-            }
-            if let Some(d) = redelivery_delay {
-                sub.retry.redelivery_delay = d;
-            }
-        }
+        };
         let app_id = app_id.or_else(|| pod.as_ref().and_then(|p| p.app_id.clone()));
         let app_id = match (app_id, mode) {
             (Some(a), _) => a,
@@ -362,63 +347,119 @@ impl ServeConfig {
             nats_server_bin: nats_server_bin.unwrap_or_else(|| "nats-server".into()),
             namespace,
             pod: pod.unwrap_or_default(),
+            pod_source,
         })
     }
 }
 
-/// The pod's annotations from the file, with the flags laid over them as if they were
-/// annotations, validated by the one annotation contract. Errors about a value that came from a
-/// flag name the flag.
-fn resolve_pod(r: &mut Resolver<'_>, mode: RunMode, args: &ServeArgs) -> Option<PodConfig> {
-    let explicit = r.get("annotations-file", &args.annotations_file, |v| {
-        Ok(v.to_owned())
-    });
-    let path = explicit
-        .clone()
-        .or_else(|| (mode == RunMode::Sidecar).then(|| ANNOTATIONS_FILE.to_owned()));
-    let mut annotations = std::collections::BTreeMap::new();
-    if let Some(path) = path {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match subscribe::parse_downward_api(&text) {
-                Ok(a) => annotations = a,
-                Err(e) => r.fail(format!("--annotations-file={path:?}: {e}")),
-            },
-            // Without the injector (sidecar mode by hand) there is no file: flags only.
-            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => r.fail(format!("--annotations-file={path:?}: cannot read: {e}")),
-        }
-    }
-    let mut from_flag = std::collections::HashMap::new();
-    for (flag, key, cli) in [
-        ("app-port", subscribe::APP_PORT, &args.app_port),
-        ("subscribe", subscribe::SUBSCRIBE, &args.subscribe),
-        ("path", subscribe::PATH, &args.path),
-        (
-            "max-in-flight",
-            subscribe::MAX_IN_FLIGHT,
-            &args.max_in_flight,
-        ),
-        (
-            "publish-allow",
-            subscribe::PUBLISH_ALLOW,
-            &args.publish_allow,
-        ),
-    ] {
-        if let Some((value, origin)) = r.raw(flag, cli) {
-            annotations.insert(key.to_owned(), value);
-            from_flag.insert(key, origin);
-        }
-    }
-    match subscribe::parse(&annotations) {
-        Ok(pod) => Some(pod),
-        Err(errors) => {
-            for e in errors.0 {
-                match from_flag.get(e.key.as_str()) {
-                    Some(origin) => r.fail(format!("{origin}: {}", e.rule)),
-                    None => r.fail(format!("annotation {e}")),
-                }
+/// Where the pod configuration comes from: the annotations file, with the flags laid over it as
+/// if they were annotations, and the delivery flags laid over every subscription. Kept after start
+/// so a changed file is read the same way (hot reload).
+#[derive(Debug, Clone, Default)]
+pub struct PodSource {
+    /// The annotations file, if any, and whether it was named explicitly (a missing default file
+    /// is fine: the sidecar run by hand, without the injector).
+    pub file: Option<(String, bool)>,
+    /// `(annotation, value, origin)` from flags or variables; errors name the origin.
+    overlay: Vec<(&'static str, String, String)>,
+    max_attempts: Option<u32>,
+    attempt_timeout: Option<Duration>,
+    redelivery_delay: Option<Duration>,
+}
+
+impl PodSource {
+    fn resolve(r: &mut Resolver<'_>, mode: RunMode, args: &ServeArgs) -> PodSource {
+        let explicit = r.get("annotations-file", &args.annotations_file, |v| {
+            Ok(v.to_owned())
+        });
+        let file = match (explicit, mode) {
+            (Some(f), _) => Some((f, true)),
+            (None, RunMode::Sidecar) => Some((ANNOTATIONS_FILE.to_owned(), false)),
+            (None, _) => None,
+        };
+        let mut overlay = Vec::new();
+        for (flag, key, cli) in [
+            ("app-port", subscribe::APP_PORT, &args.app_port),
+            ("subscribe", subscribe::SUBSCRIBE, &args.subscribe),
+            ("path", subscribe::PATH, &args.path),
+            (
+                "max-in-flight",
+                subscribe::MAX_IN_FLIGHT,
+                &args.max_in_flight,
+            ),
+            (
+                "publish-allow",
+                subscribe::PUBLISH_ALLOW,
+                &args.publish_allow,
+            ),
+        ] {
+            if let Some((value, origin)) = r.raw(flag, cli) {
+                overlay.push((key, value, origin));
             }
-            None
+        }
+        PodSource {
+            file,
+            overlay,
+            max_attempts: r
+                .get("max-attempts", &args.max_attempts, |v| {
+                    parse_count(v, 1, 1000)
+                })
+                .map(|n| n as u32),
+            attempt_timeout: r.get(
+                "attempt-timeout",
+                &args.attempt_timeout,
+                parse_positive_duration,
+            ),
+            redelivery_delay: r.get(
+                "redelivery-delay",
+                &args.redelivery_delay,
+                parse_positive_duration,
+            ),
+        }
+    }
+
+    /// Reads the annotations file (if any) and validates everything with the annotation contract.
+    pub fn load(&self) -> Result<PodConfig, ConfigError> {
+        let mut errors = Vec::new();
+        let mut annotations = std::collections::BTreeMap::new();
+        if let Some((path, explicit)) = &self.file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match subscribe::parse_downward_api(&text) {
+                    Ok(a) => annotations = a,
+                    Err(e) => errors.push(format!("--annotations-file={path:?}: {e}")),
+                },
+                Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("--annotations-file={path:?}: cannot read: {e}")),
+            }
+        }
+        for (key, value, _) in &self.overlay {
+            annotations.insert((*key).to_owned(), value.clone());
+        }
+        match subscribe::parse(&annotations) {
+            Ok(mut pod) if errors.is_empty() => {
+                for sub in &mut pod.subscriptions {
+                    if let Some(n) = self.max_attempts {
+                        sub.retry.max_attempts = n;
+                    }
+                    if let Some(d) = self.attempt_timeout {
+                        sub.attempt_timeout = d;
+                    }
+                    if let Some(d) = self.redelivery_delay {
+                        sub.retry.redelivery_delay = d;
+                    }
+                }
+                Ok(pod)
+            }
+            Ok(_) => Err(ConfigError(errors)),
+            Err(bad) => {
+                for e in bad.0 {
+                    match self.overlay.iter().find(|(k, _, _)| *k == e.key) {
+                        Some((_, _, origin)) => errors.push(format!("{origin}: {}", e.rule)),
+                        None => errors.push(format!("annotation {e}")),
+                    }
+                }
+                Err(ConfigError(errors))
+            }
         }
     }
 }

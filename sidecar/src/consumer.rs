@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::filter::TypeFilter;
 use crate::subject::{EVENT_PREFIX, encode_token_into};
-use crate::subscribe::Subscription;
+use crate::subscribe::{StartPosition, Subscription};
 
 /// Who subscribes: the workload's namespace and app id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +74,17 @@ pub fn config(who: &Subscriber, sub: &Subscription) -> consumer::pull::Config {
         // herald keeps the attempt budget itself (local and broker attempts together).
         max_deliver: -1,
         max_ack_pending: sub.max_in_flight as i64,
-        deliver_policy: consumer::DeliverPolicy::New,
+        deliver_policy: match sub.start {
+            StartPosition::New => consumer::DeliverPolicy::New,
+            StartPosition::All => consumer::DeliverPolicy::All,
+            StartPosition::Time(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
+        },
         ..Default::default()
     }
 }
 
-/// Creates the consumer, or updates it to the configuration.
+/// Creates the consumer, or updates it to the configuration. An existing consumer keeps its start
+/// position: JetStream refuses to change it, and the position it has reached matters more.
 pub async fn ensure(
     js: &jetstream::Context,
     stream: &str,
@@ -87,7 +92,17 @@ pub async fn ensure(
     sub: &Subscription,
 ) -> Result<consumer::Consumer<consumer::pull::Config>, async_nats::Error> {
     let stream = js.get_stream(stream).await?;
-    Ok(stream.create_consumer(config(who, sub)).await?)
+    let mut cfg = config(who, sub);
+    match stream.consumer_info(who.consumer_name(&sub.filter)).await {
+        Ok(existing) => cfg.deliver_policy = existing.config.deliver_policy,
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::ConsumerInfoErrorKind::NotFound
+            ) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(stream.create_consumer(cfg).await?)
 }
 
 #[cfg(test)]

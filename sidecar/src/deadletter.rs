@@ -107,14 +107,12 @@ pub async fn list(
     if state.messages == 0 {
         return Ok(out);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = chrono::Utc::now().timestamp();
     for seq in state.first_sequence..=state.last_sequence {
         let Ok(m) = s.get_raw_message(seq).await else {
             continue;
         };
-        let age = Duration::from_secs(u64::try_from(now - m.time.unix_timestamp()).unwrap_or(0));
+        let age = Duration::from_secs(u64::try_from(now - m.time.timestamp()).unwrap_or(0));
         let d = DeadLetter {
             seq,
             age,

@@ -27,16 +27,16 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use rand::Rng as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::consumer::Subscriber;
+use crate::consumer::{self, Subscriber};
 use crate::metrics::{
     AttemptLabels, AttemptResult, DeliveryOutcome, Metrics, OutcomeLabels, SubscriptionLabels,
 };
 use crate::shutdown::Shutdown;
 use crate::subject::{EVENT_PREFIX, encode_token_into};
-use crate::subscribe::Subscription;
+use crate::subscribe::{DeliveryMode, Subscription};
 
 /// Header with the attempt number (1 for the first delivery).
 pub const ATTEMPT_HEADER: &str = "herald-delivery-attempt";
@@ -115,22 +115,28 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
+/// What one subscription delivers to, as currently configured. Replaced as a whole on reload;
+/// each delivery keeps the snapshot it started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub sub: Subscription,
+    pub app_port: u16,
+}
+
 /// Delivers events of all subscriptions of one app.
 pub struct Deliverer {
     http: Client<HttpConnector, Full<Bytes>>,
-    app_port: u16,
     js: jetstream::Context,
+    stream: String,
     who: Subscriber,
-    shutdown: Shutdown,
     metrics: Arc<Metrics>,
 }
 
 impl Deliverer {
     pub fn new(
         js: jetstream::Context,
+        stream: &str,
         who: Subscriber,
-        app_port: u16,
-        shutdown: Shutdown,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
@@ -141,21 +147,20 @@ impl Deliverer {
             .build(connector);
         Arc::new(Deliverer {
             http,
-            app_port,
             js,
+            stream: stream.to_owned(),
             who,
-            shutdown,
             metrics,
         })
     }
 
     /// One HTTP attempt, measured.
-    async fn attempt(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
+    async fn attempt(&self, target: &Target, msg: &Message, attempt: u32) -> Outcome {
         let label = SubscriptionLabels {
-            subscription: sub.filter.to_string(),
+            subscription: target.sub.filter.to_string(),
         };
         let started = std::time::Instant::now();
-        let outcome = self.send(sub, msg, attempt).await;
+        let outcome = self.send(target, msg, attempt).await;
         self.metrics
             .delivery_duration
             .get_or_create(&label)
@@ -186,19 +191,35 @@ impl Deliverer {
     }
 
     /// One HTTP request to the app.
-    async fn send(&self, sub: &Subscription, msg: &Message, attempt: u32) -> Outcome {
+    async fn send(&self, target: &Target, msg: &Message, attempt: u32) -> Outcome {
+        let sub = &target.sub;
         let mut req =
-            http::Request::post(format!("http://127.0.0.1:{}{}", self.app_port, sub.path));
+            http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path));
+        let body = match sub.mode {
+            DeliveryMode::Binary => msg.payload.clone(),
+            DeliveryMode::Structured => {
+                let headers = msg.headers.iter().flat_map(|h| {
+                    h.iter().flat_map(|(n, vs)| {
+                        vs.iter()
+                            .map(move |v| (AsRef::<str>::as_ref(n), v.as_str()))
+                    })
+                });
+                req = req.header(
+                    http::header::CONTENT_TYPE,
+                    "application/cloudevents+json; charset=utf-8",
+                );
+                Bytes::from(crate::event::to_structured(headers, &msg.payload))
+            }
+        };
         if let Some(headers) = &msg.headers {
             for (name, values) in headers.iter() {
                 let name: &str = name.as_ref();
                 let lower = name.to_ascii_lowercase();
-                if lower.starts_with("ce-")
-                    || matches!(
-                        lower.as_str(),
-                        "content-type" | "traceparent" | "tracestate"
-                    )
-                {
+                let wanted = match sub.mode {
+                    DeliveryMode::Binary => lower.starts_with("ce-") || lower == "content-type",
+                    DeliveryMode::Structured => false,
+                };
+                if wanted || matches!(lower.as_str(), "traceparent" | "tracestate") {
                     for v in values {
                         req = req.header(lower.as_str(), v.as_str());
                     }
@@ -206,7 +227,7 @@ impl Deliverer {
             }
         }
         req = req.header(ATTEMPT_HEADER, attempt);
-        let req = match req.body(Full::new(msg.payload.clone())) {
+        let req = match req.body(Full::new(body)) {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Permanent {
@@ -237,8 +258,10 @@ impl Deliverer {
         }
     }
 
-    /// Delivers one event within the retry budget, then acks, NAKs or dead-letters it.
-    async fn deliver(&self, sub: &Subscription, msg: Message) {
+    /// Delivers one event within the retry budget, then acks, NAKs or dead-letters it. `stop` cuts
+    /// a local backoff short (the event is handed back at once).
+    async fn deliver(&self, target: &Target, msg: Message, stop: &Shutdown) {
+        let sub = &target.sub;
         // A replayed dead letter is for one subscription only; the others let it pass.
         let replay_for = msg
             .headers
@@ -253,7 +276,7 @@ impl Deliverer {
         let first = (delivered - 1).saturating_mul(local);
         for i in 0..local {
             let attempt = first + i + 1;
-            let (status, retry_after, reason) = match self.attempt(sub, &msg, attempt).await {
+            let (status, retry_after, reason) = match self.attempt(target, &msg, attempt).await {
                 Outcome::Delivered => {
                     self.count(sub, DeliveryOutcome::Acked);
                     if let Err(e) = msg.ack().await {
@@ -282,7 +305,7 @@ impl Deliverer {
                 let _ = msg.ack_with(AckKind::Progress).await;
                 tokio::select! {
                     _ = tokio::time::sleep(local_wait) => continue,
-                    _ = self.shutdown.wait() => {
+                    _ = stop.wait() => {
                         // Draining: hand the event back now instead of waiting.
                         let _ = msg.ack_with(AckKind::Nak(None)).await;
                         return;
@@ -386,18 +409,27 @@ impl Deliverer {
         }
     }
 
-    /// Runs one subscription until shutdown, then lets in-flight deliveries finish within `grace`.
+    /// Runs one subscription until `stop`: binds its consumer, then pulls as many events as there
+    /// are free slots and delivers each in its own task. A new [`Target`] on `live` applies to the
+    /// next deliveries (and updates the consumer); deliveries in flight finish with the one they
+    /// started with. After `stop`, in-flight deliveries get `grace` to finish.
     pub async fn run(
         self: Arc<Self>,
-        consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
-        sub: Subscription,
+        mut live: watch::Receiver<Arc<Target>>,
+        stop: Shutdown,
         grace: Duration,
+        bound: impl FnOnce(),
     ) {
-        let sub = Arc::new(sub);
-        let slots = Arc::new(Semaphore::new(sub.max_in_flight));
-        let mut tasks = JoinSet::new();
+        let mut target = live.borrow_and_update().clone();
+        let filter = target.sub.filter.clone();
+        let Some(mut consumer) = self.bind(&target.sub, &stop).await else {
+            bound();
+            return;
+        };
+        tracing::info!(%filter, consumer = %self.who.consumer_name(&filter), port = target.app_port, path = %target.sub.path, "subscribed");
+        bound();
         let label = SubscriptionLabels {
-            subscription: sub.filter.to_string(),
+            subscription: filter.to_string(),
         };
         let in_flight = self
             .metrics
@@ -405,40 +437,55 @@ impl Deliverer {
             .get_or_create(&label)
             .clone();
         let pending = self.metrics.consumer_pending.get_or_create(&label).clone();
-        let lag = tokio::spawn(report_lag(consumer.clone(), pending, self.shutdown.clone()));
-        'pull: while !self.shutdown.is_triggered() {
-            // Pull only as many events as there are free slots.
-            let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
-            tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                },
-                _ = self.shutdown.wait() => break,
+        let lag = tokio::spawn(report_lag(consumer.clone(), pending, stop.clone()));
+        // Slots are counted rather than held as semaphore permits so a reload can change the limit
+        // while deliveries are in flight.
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let freed = Arc::new(Notify::new());
+        let mut tasks = JoinSet::new();
+        'pull: while !stop.is_triggered() {
+            while tasks.try_join_next().is_some() {}
+            let busy = active.load(std::sync::atomic::Ordering::Acquire);
+            let free = target.sub.max_in_flight.saturating_sub(busy);
+            if free == 0 {
+                tokio::select! {
+                    _ = freed.notified() => {}
+                    changed = live.changed() => {
+                        // The sender is gone only when the subscription is.
+                        if changed.is_err() { break; }
+                        target = live.borrow_and_update().clone();
+                        if let Some(c) = self.bind(&target.sub, &stop).await { consumer = c; }
+                    }
+                    _ = stop.wait() => break,
+                }
+                continue;
             }
-            while let Ok(p) = slots.clone().try_acquire_owned() {
-                permits.push(p);
-            }
-            let batch = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
+            let batch = tokio::select! {
+                b = consumer.batch().max_messages(free).expires(PULL_EXPIRES).messages() => b,
+                _ = stop.wait() => break,
+            };
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(error = %e, filter = %sub.filter, "pull failed; retrying");
+                    tracing::warn!(error = %e, %filter, "pull failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = self.shutdown.wait() => break,
+                        _ = stop.wait() => break,
                     }
                 }
             };
             loop {
                 let next = tokio::select! {
                     m = batch.next() => m,
-                    _ = self.shutdown.wait() => break 'pull,
+                    changed = live.changed() => {
+                        if changed.is_err() { break 'pull; }
+                        // The pull in progress is read to its end (its events are leased to this
+                        // sidecar already); they and the next pulls use the new settings.
+                        target = live.borrow_and_update().clone();
+                        if let Some(c) = self.bind(&target.sub, &stop).await { consumer = c; }
+                        continue;
+                    }
+                    _ = stop.wait() => break 'pull,
                 };
                 match next {
                     None => break,
@@ -447,13 +494,16 @@ impl Deliverer {
                         break;
                     }
                     Some(Ok(msg)) => {
-                        let Some(permit) = permits.pop() else { break };
-                        let (this, sub, in_flight) = (self.clone(), sub.clone(), in_flight.clone());
+                        let (this, target, stop) = (self.clone(), target.clone(), stop.clone());
+                        let (active, freed, in_flight) =
+                            (active.clone(), freed.clone(), in_flight.clone());
+                        active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         in_flight.inc();
                         tasks.spawn(async move {
-                            this.deliver(&sub, msg).await;
+                            this.deliver(&target, msg, &stop).await;
                             in_flight.dec();
-                            drop(permit);
+                            active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                            freed.notify_one();
                         });
                     }
                 }
@@ -464,8 +514,29 @@ impl Deliverer {
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(filter = %sub.filter, "grace period over with deliveries in flight; they will be redelivered");
+            tracing::warn!(%filter, "grace period over with deliveries in flight; they will be redelivered");
             tasks.abort_all();
+        }
+    }
+
+    /// Creates or updates the subscription's consumer, retrying (the stream may not exist yet)
+    /// until it succeeds or `stop` fires.
+    async fn bind(
+        &self,
+        sub: &Subscription,
+        stop: &Shutdown,
+    ) -> Option<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>> {
+        loop {
+            match consumer::ensure(&self.js, &self.stream, &self.who, sub).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(filter = %sub.filter, error = %e, "cannot bind the consumer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait() => return None,
+                    }
+                }
+            }
         }
     }
 }

@@ -285,6 +285,71 @@ pub fn decode_header_value(attribute: &str, raw: &http::HeaderValue) -> Result<S
         .map_err(|_| EventError::attr(attribute, "percent-encoded value is not UTF-8"))
 }
 
+/// Writes a stored event (NATS binary form: `ce-*` headers, `content-type`, data as the payload)
+/// as one `application/cloudevents+json` document. JSON data is embedded as it is stored (same
+/// bytes, same key order); other UTF-8 text goes into `data` as a string, anything else into
+/// `data_base64`. Attribute values are written as JSON strings, the form the binary headers carry.
+pub fn to_structured<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 256);
+    out.push(b'{');
+    let mut first = true;
+    let mut field = |out: &mut Vec<u8>, name: &str, value: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Strings always serialize.
+        let _ = serde_json::to_writer(&mut *out, name);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    let mut content_type = None;
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if let Some(attr) = lower.strip_prefix(CE_PREFIX) {
+            let value = percent_decode_str(value).decode_utf8_lossy();
+            field(&mut out, attr, &value);
+        } else if lower == "content-type" {
+            field(&mut out, "datacontenttype", value);
+            content_type = Some(value);
+        }
+    }
+    if !data.is_empty() {
+        let text = std::str::from_utf8(data).ok();
+        let json = content_type.is_some_and(is_json)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+        if json {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data);
+        } else if let Some(text) = text.filter(|_| content_type.is_some_and(is_text)) {
+            field(&mut out, "data", text);
+        } else {
+            use base64::Engine as _;
+            field(
+                &mut out,
+                "data_base64",
+                &base64::engine::general_purpose::STANDARD.encode(data),
+            );
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// Media types whose data is text, written to structured `data` as a JSON string.
+fn is_text(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("text/") || essence.ends_with("+xml") || essence == "application/xml"
+}
+
 /// Reads the `ce-*` headers and `Content-Type` of a binary-mode request into `b`.
 pub fn read_binary_headers(
     b: &mut EventBuilder,
@@ -445,6 +510,37 @@ pub fn from_batch(body: &Bytes) -> Result<Vec<Result<Event, EventError>>, EventE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structured_from_the_stored_form() {
+        let h = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a%20b"),
+            ("ce-type", "order.created.v1"),
+            ("ce-source", "shop"),
+            ("content-type", "application/json"),
+            ("traceparent", "00-x"),
+        ];
+        let doc = to_structured(h.iter().copied(), br#"{"z":1,"a":[2]}"#);
+        assert_eq!(
+            std::str::from_utf8(&doc).unwrap(),
+            r#"{"specversion":"1.0","id":"a b","type":"order.created.v1","source":"shop","datacontenttype":"application/json","data":{"z":1,"a":[2]}}"#
+        );
+        let text = to_structured(
+            [("ce-id", "1"), ("content-type", "text/plain")].into_iter(),
+            b"hi \"x\"",
+        );
+        assert!(
+            text.ends_with(br#""data":"hi \"x\""}"#),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        let bin = to_structured([("ce-id", "1")].into_iter(), &[0xff, 0]);
+        assert!(bin.ends_with(br#""data_base64":"/wA="}"#));
+        // Roundtrip: what herald writes, it reads back with the same data bytes.
+        let back = from_structured(&Bytes::from(doc.clone()), &doc).unwrap();
+        assert_eq!(back.data.as_ref(), br#"{"z":1,"a":[2]}"#);
+    }
     use http::{HeaderMap, HeaderValue};
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -53,6 +53,25 @@ impl TypeFilter {
         Ok(TypeFilter { source, tokens })
     }
 
+    /// A type pattern (no `source/` prefix: any `/` belongs to the type) with an optional exact
+    /// source, as the YAML form writes them in two fields.
+    pub fn with_source(source: Option<&str>, pattern: &str) -> Result<Self, FilterError> {
+        let mut f = TypeFilter::parse(&format!("_/{pattern}")).map_err(|e| FilterError {
+            filter: pattern.to_owned(),
+            rule: e.rule,
+        })?;
+        f.source = match source {
+            Some("") => {
+                return Err(FilterError {
+                    filter: pattern.to_owned(),
+                    rule: "the source is empty (leave it out to accept any source)",
+                });
+            }
+            s => s.map(str::to_owned),
+        };
+        Ok(f)
+    }
+
     /// The dotted type pattern's tokens (`*` and `>` are wildcards).
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
         self.tokens.iter().map(String::as_str)

@@ -18,7 +18,9 @@
 //! - [`subscribe`]: the annotation contract (keys, defaults, validation, the downward API file),
 //!   shared with the injector.
 //! - [`consumer`]: one durable pull consumer per (namespace, app id, filter).
-//! - [`deliver`]: pull within max in flight, HTTP delivery, retry budget, dead letters, drain.
+//! - [`deliver`]: pull within max in flight, HTTP delivery (binary or structured), retry budget,
+//!   dead letters, drain.
+//! - [`live`]: the running subscriptions, and hot reload of the annotations file.
 //! - [`deadletter`]: `herald deadletter list|replay`.
 //!
 //! Around both:
@@ -42,6 +44,7 @@ pub mod event;
 pub mod filter;
 pub mod http_server;
 pub mod legacy;
+pub mod live;
 pub mod metrics;
 pub mod natsd;
 pub mod shutdown;

@@ -106,6 +106,21 @@ pub struct OutcomeLabels {
     pub outcome: DeliveryOutcome,
 }
 
+/// What a change of the annotations file came to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ReloadResult {
+    Applied,
+    /// The file changed but says the same.
+    Unchanged,
+    /// Invalid: the running configuration was kept.
+    Rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
@@ -119,6 +134,7 @@ pub struct Metrics {
     pub delivery_duration: Family<SubscriptionLabels, Histogram>,
     pub deliveries_in_flight: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub consumer_pending: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -143,6 +159,7 @@ impl Metrics {
             }),
             deliveries_in_flight: Family::default(),
             consumer_pending: Family::default(),
+            config_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("herald");
         r.register(
@@ -204,6 +221,11 @@ impl Metrics {
             "consumer_pending",
             "Events in the stream not yet delivered to this subscription's consumer (lag)",
             m.consumer_pending.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Changes of the annotations file, by result (applied, unchanged, rejected)",
+            m.config_reloads.clone(),
         );
         m
     }

@@ -52,6 +52,20 @@ impl Shutdown {
         let _ = rx.wait_for(|v| v.is_some()).await;
     }
 
+    /// A signal that fires with this one and can also be fired alone (one subscription removed by
+    /// a reload stops while the rest of the process runs on).
+    pub fn child(&self) -> Shutdown {
+        let child = Shutdown::new();
+        let (parent, c) = (self.clone(), child.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = parent.wait() => c.trigger(),
+                _ = c.wait() => {}
+            }
+        });
+        child
+    }
+
     /// Triggers on SIGTERM or SIGINT.
     pub fn listen_for_signals(&self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};

@@ -73,6 +73,29 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How events are sent to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    /// `ce-*` headers and the data as the body (the default).
+    #[default]
+    Binary,
+    /// One `application/cloudevents+json` document.
+    Structured,
+}
+
+/// Where a new subscription starts reading. It applies when the consumer is created; an existing
+/// consumer keeps its position (JetStream cannot move one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    /// Only events stored after the consumer was created (the default).
+    #[default]
+    New,
+    /// Everything the stream still holds.
+    All,
+    /// Events stored at or after this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
 /// One subscription of the pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
@@ -84,7 +107,12 @@ pub struct Subscription {
     /// Timeout of one delivery attempt.
     pub attempt_timeout: Duration,
     pub dead_letter: bool,
+    pub mode: DeliveryMode,
+    pub start: StartPosition,
 }
+
+/// Timeout of one delivery attempt unless configured.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the annotations say.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -134,25 +162,19 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
             None
         }
     });
-    let path = match get(PATH) {
-        Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p.to_owned(),
-        Some(p) => {
-            err(
-                PATH,
-                format!("must be an absolute HTTP path starting with `/`, not {p:?}"),
-            );
+    let path = match get(PATH).map(check_path) {
+        Some(Ok(p)) => p,
+        Some(Err(rule)) => {
+            err(PATH, rule);
             "/".into()
         }
         None => "/".into(),
     };
-    let max_in_flight = match get(MAX_IN_FLIGHT).map(|v| (v, v.parse::<usize>())) {
+    let max_in_flight = match get(MAX_IN_FLIGHT).map(|v| (v, v.parse::<u64>())) {
         None => DEFAULT_MAX_IN_FLIGHT,
-        Some((_, Ok(n))) if (1..=10_000).contains(&n) => n,
+        Some((_, Ok(n))) if check_max_in_flight(n).is_ok() => n as usize,
         Some((v, _)) => {
-            err(
-                MAX_IN_FLIGHT,
-                format!("must be a whole number from 1 to 10000, not {v:?}"),
-            );
+            err(MAX_IN_FLIGHT, format!("{}, not {v:?}", MAX_IN_FLIGHT_RULE));
             DEFAULT_MAX_IN_FLIGHT
         }
     };
@@ -170,46 +192,222 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
             vec![]
         }),
     };
-    if annotations.contains_key(SUBSCRIPTIONS) {
-        err(
-            SUBSCRIPTIONS,
-            format!(
-                "the YAML form is not supported by this version of herald yet; use {SUBSCRIBE}, {PATH} and {MAX_IN_FLIGHT}"
-            ),
-        );
+    // The simple annotations are the pod-wide defaults of every subscription.
+    let defaults = Subscription {
+        filter: TypeFilter::parse(">").unwrap_or_else(|_| unreachable!("`>` is a valid filter")),
+        path,
+        max_in_flight,
+        retry: RetryPolicy::default(),
+        attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+        dead_letter: true,
+        mode: DeliveryMode::Binary,
+        start: StartPosition::New,
+    };
+    let mut subscriptions: Vec<Subscription> = filters
+        .into_iter()
+        .map(|filter| Subscription {
+            filter,
+            ..defaults.clone()
+        })
+        .collect();
+    let mut listed_in = SUBSCRIBE;
+    if let Some(yaml) = annotations.get(SUBSCRIPTIONS) {
+        listed_in = SUBSCRIPTIONS;
+        if !subscriptions.is_empty() {
+            err(
+                SUBSCRIPTIONS,
+                format!("use either {SUBSCRIBE} or {SUBSCRIPTIONS}, not both"),
+            );
+        }
+        match parse_yaml(yaml, &defaults) {
+            Ok(subs) => subscriptions = subs,
+            Err(rules) => rules.into_iter().for_each(|r| err(SUBSCRIPTIONS, r)),
+        }
     }
-    if get(SUBSCRIBE).is_some_and(|v| !v.is_empty()) && !annotations.contains_key(APP_PORT) {
+    let subscribes =
+        get(SUBSCRIBE).is_some_and(|v| !v.is_empty()) || annotations.contains_key(SUBSCRIPTIONS);
+    if subscribes && !annotations.contains_key(APP_PORT) {
         err(
             APP_PORT,
-            format!("required when {SUBSCRIBE} is set (the port the app receives deliveries on)"),
+            format!("required when {listed_in} is set (the port the app receives deliveries on)"),
         );
     }
     let mut seen = std::collections::HashSet::new();
-    for f in &filters {
-        if !seen.insert(f.to_string()) {
-            err(SUBSCRIBE, format!("filter `{f}` is listed twice"));
+    for s in &subscriptions {
+        if !seen.insert(s.filter.to_string()) {
+            err(
+                listed_in,
+                format!(
+                    "filter `{}` is listed twice (one subscription per filter)",
+                    s.filter
+                ),
+            );
         }
     }
     if !errors.is_empty() {
         return Err(AnnotationErrors(errors));
     }
-    let subscriptions = filters
-        .into_iter()
-        .map(|filter| Subscription {
-            filter,
-            path: path.clone(),
-            max_in_flight,
-            retry: RetryPolicy::default(),
-            attempt_timeout: Duration::from_secs(30),
-            dead_letter: true,
-        })
-        .collect();
     Ok(PodConfig {
         app_id,
         app_port,
         subscriptions,
         publish_allow,
     })
+}
+
+const MAX_IN_FLIGHT_RULE: &str = "must be a whole number from 1 to 10000";
+
+fn check_max_in_flight(n: u64) -> Result<u64, String> {
+    if (1..=10_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{MAX_IN_FLIGHT_RULE}, not {n}"))
+    }
+}
+
+fn check_path(p: &str) -> Result<String, String> {
+    if p.starts_with('/') && !p.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        Ok(p.to_owned())
+    } else {
+        Err(format!(
+            "must be an absolute HTTP path starting with `/`, not {p:?}"
+        ))
+    }
+}
+
+/// One entry of `herald.dev/subscriptions` as written; unknown fields are errors so typos are
+/// caught at admission instead of silently ignored.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlSubscription {
+    #[serde(rename = "type")]
+    ty: String,
+    source: Option<String>,
+    path: Option<String>,
+    max_in_flight: Option<u64>,
+    timeout: Option<String>,
+    dead_letter: Option<bool>,
+    delivery: Option<String>,
+    start: Option<String>,
+    retry: Option<YamlRetry>,
+    filters: Option<yaml_serde::Value>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlRetry {
+    max_attempts: Option<u32>,
+    local_attempts: Option<u32>,
+    backoff: Option<String>,
+    redelivery_delay: Option<String>,
+    max_redelivery_delay: Option<String>,
+}
+
+/// Parses the YAML form. Each rule names the entry (1-based, with its type) and the field.
+fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, Vec<String>> {
+    let raw: Vec<YamlSubscription> = yaml_serde::from_str(yaml).map_err(|e| {
+        // yaml_serde's message has the path (`[0].field`, counted from 0) and line and column.
+        vec![format!(
+            "not a valid YAML list of subscriptions (each entry a map with at least `type`): {e}"
+        )]
+    })?;
+    if raw.is_empty() {
+        return Err(vec![
+            "the list is empty (remove the annotation instead)".into(),
+        ]);
+    }
+    let mut rules = Vec::new();
+    let mut out = Vec::new();
+    for (i, y) in raw.into_iter().enumerate() {
+        let at = format!("entry {} (type {:?})", i + 1, y.ty);
+        let mut bad = |field: &str, rule: String| rules.push(format!("{at}: {field} {rule}"));
+        let mut sub = defaults.clone();
+        match TypeFilter::with_source(y.source.as_deref(), y.ty.trim()) {
+            Ok(f) => sub.filter = f,
+            Err(e) => bad("type", e.rule.to_owned()),
+        }
+        if let Some(p) = y.path {
+            check_path(&p).map_or_else(|r| bad("path", r), |p| sub.path = p);
+        }
+        if let Some(n) = y.max_in_flight {
+            check_max_in_flight(n).map_or_else(
+                |r| bad("maxInFlight", r),
+                |n| sub.max_in_flight = n as usize,
+            );
+        }
+        let mut duration = |field: &str, v: Option<String>, slot: &mut Duration| {
+            if let Some(v) = v {
+                match crate::config::parse_duration(v.trim()) {
+                    Ok(d) if !d.is_zero() => *slot = d,
+                    Ok(_) => bad(field, "must be more than zero".into()),
+                    Err(r) => bad(field, r),
+                }
+            }
+        };
+        duration("timeout", y.timeout, &mut sub.attempt_timeout);
+        if let Some(r) = y.retry {
+            duration("retry.backoff", r.backoff, &mut sub.retry.local_backoff);
+            duration(
+                "retry.redeliveryDelay",
+                r.redelivery_delay,
+                &mut sub.retry.redelivery_delay,
+            );
+            duration(
+                "retry.maxRedeliveryDelay",
+                r.max_redelivery_delay,
+                &mut sub.retry.max_redelivery_delay,
+            );
+            match r.max_attempts {
+                Some(n) if (1..=1000).contains(&n) => sub.retry.max_attempts = n,
+                Some(n) => bad(
+                    "retry.maxAttempts",
+                    format!("must be a whole number from 1 to 1000, not {n}"),
+                ),
+                None => {}
+            }
+            match r.local_attempts {
+                Some(n) if (1..=10).contains(&n) => sub.retry.local_attempts = n,
+                Some(n) => bad(
+                    "retry.localAttempts",
+                    format!("must be a whole number from 1 to 10, not {n}"),
+                ),
+                None => {}
+            }
+        }
+        if let Some(d) = y.dead_letter {
+            sub.dead_letter = d;
+        }
+        match y.delivery.as_deref().map(str::trim) {
+            None | Some("binary") => {}
+            Some("structured") => sub.mode = DeliveryMode::Structured,
+            Some(v) => bad(
+                "delivery",
+                format!("must be `binary` or `structured`, not {v:?}"),
+            ),
+        }
+        match y.start.as_deref().map(str::trim) {
+            None | Some("new") => {}
+            Some("all") => sub.start = StartPosition::All,
+            Some(v) => match chrono::DateTime::parse_from_rfc3339(v) {
+                Ok(t) => sub.start = StartPosition::Time(t.with_timezone(&chrono::Utc)),
+                Err(_) => bad(
+                    "start",
+                    format!(
+                        "must be `new`, `all` or an RFC 3339 time such as 2026-01-31T12:00:00Z, not {v:?}"
+                    ),
+                ),
+            },
+        }
+        if y.filters.is_some() {
+            bad("filters", "(attribute filters) are not supported by this version of herald yet; filter by type and source".into());
+        }
+        out.push(sub);
+    }
+    if rules.is_empty() {
+        Ok(out)
+    } else {
+        Err(rules)
+    }
 }
 
 /// Parses the downward API annotations file: one `key="value"` line per annotation, the value
@@ -364,6 +562,100 @@ mod tests {
         assert_eq!(e.0[0].key, APP_PORT);
         let e = parse(&map(&[(APP_PORT, "80"), (SUBSCRIBE, "a.b, a.b")])).unwrap_err();
         assert_eq!(e.0[0].key, SUBSCRIBE);
+    }
+
+    #[test]
+    fn yaml_form() {
+        let yaml = r#"
+- type: order.created.v1
+  source: https://shop.example/orders
+  path: /orders
+  maxInFlight: 3
+  timeout: 2s
+  deadLetter: false
+  delivery: structured
+  start: all
+  retry: {maxAttempts: 4, localAttempts: 2, backoff: 50ms, redeliveryDelay: 1s, maxRedeliveryDelay: 1m}
+- type: order.>
+  start: 2026-01-31T12:00:00+01:00
+"#;
+        let c = parse(&map(&[
+            (APP_PORT, "8080"),
+            (PATH, "/in"),
+            (SUBSCRIPTIONS, yaml),
+        ]))
+        .unwrap();
+        let [a, b] = &c.subscriptions[..] else {
+            panic!("two subscriptions expected: {c:?}")
+        };
+        assert_eq!(
+            a.filter.source.as_deref(),
+            Some("https://shop.example/orders")
+        );
+        assert_eq!((a.path.as_str(), a.max_in_flight), ("/orders", 3));
+        assert_eq!(a.attempt_timeout, Duration::from_secs(2));
+        assert!(!a.dead_letter);
+        assert_eq!(
+            (a.mode, a.start),
+            (DeliveryMode::Structured, StartPosition::All)
+        );
+        assert_eq!(
+            (
+                a.retry.max_attempts,
+                a.retry.local_attempts,
+                a.retry.local_backoff
+            ),
+            (4, 2, Duration::from_millis(50))
+        );
+        assert_eq!(a.retry.max_redelivery_delay, Duration::from_secs(60));
+        // Unset fields take the simple annotations, then the built-in defaults.
+        assert_eq!(
+            (b.path.as_str(), b.max_in_flight),
+            ("/in", DEFAULT_MAX_IN_FLIGHT)
+        );
+        assert_eq!(b.mode, DeliveryMode::Binary);
+        let StartPosition::Time(t) = b.start else {
+            panic!()
+        };
+        assert_eq!(t.to_rfc3339(), "2026-01-31T11:00:00+00:00");
+    }
+
+    #[test]
+    fn yaml_errors_name_the_entry_and_field() {
+        let rules = |yaml: &str| {
+            let e = parse(&map(&[(APP_PORT, "80"), (SUBSCRIPTIONS, yaml)])).unwrap_err();
+            assert!(e.0.iter().all(|e| e.key == SUBSCRIPTIONS), "{e}");
+            e.to_string()
+        };
+        let e = rules(
+            "- type: a.b\n  maxInFlight: 0\n  delivery: push\n  start: yesterday\n  timeout: 0s\n- type: a..b\n  path: rel\n  retry: {maxAttempts: 0}\n",
+        );
+        for needle in [
+            "entry 1 (type \"a.b\"): maxInFlight must be",
+            "entry 1 (type \"a.b\"): delivery must be `binary` or `structured`",
+            "entry 1 (type \"a.b\"): start must be",
+            "entry 1 (type \"a.b\"): timeout must be more than zero",
+            "entry 2 (type \"a..b\"): type a type token is empty",
+            "entry 2 (type \"a..b\"): path must be an absolute",
+            "entry 2 (type \"a..b\"): retry.maxAttempts must be",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
+        assert!(rules("- type: a\n  maxInFlihgt: 3\n").contains("unknown field `maxInFlihgt`"));
+        assert!(rules("- path: /x\n").contains("missing field `type`"));
+        assert!(rules("type: a\n").contains("not a valid YAML list"));
+        assert!(rules("[]").contains("the list is empty"));
+        assert!(rules("- type: a\n- type: a\n").contains("filter `a` is listed twice"));
+        assert!(rules("- type: a\n  filters: [{exact: {source: x}}]\n").contains("filters"));
+        let e = parse(&map(&[(SUBSCRIPTIONS, "- type: a\n")])).unwrap_err();
+        assert_eq!(e.0[0].key, APP_PORT);
+        let e = parse(&map(&[
+            (APP_PORT, "80"),
+            (SUBSCRIBE, "b"),
+            (SUBSCRIPTIONS, "- type: a\n"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]

@@ -272,6 +272,57 @@ impl Drop for Herald {
     }
 }
 
+/// A downward API volume written the way the kubelet's atomic writer does it: each version in
+/// its own timestamped directory, `..data` a symlink to the current one swapped by a rename, and
+/// `annotations` a symlink through `..data`.
+pub struct PodInfo {
+    dir: tempfile::TempDir,
+    version: usize,
+}
+
+impl PodInfo {
+    /// Writes the first version; `annotations` are `(key, value)` pairs.
+    pub fn new(annotations: &[(&str, &str)]) -> Self {
+        let mut p = PodInfo {
+            dir: tempfile::tempdir().expect("tempdir"),
+            version: 0,
+        };
+        p.write(annotations);
+        std::os::unix::fs::symlink("..data/annotations", p.file()).expect("annotations symlink");
+        p
+    }
+
+    /// The path the sidecar reads (`--annotations-file`).
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join("annotations")
+    }
+
+    /// Swaps in a new version, as the kubelet does after `kubectl annotate`.
+    pub fn write(&mut self, annotations: &[(&str, &str)]) {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for (k, v) in annotations {
+            // Go's strconv.Quote, for the characters tests use.
+            let quoted = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(text, "{k}=\"{quoted}\"");
+        }
+        self.version += 1;
+        let root = self.dir.path();
+        let old = std::fs::read_link(root.join("..data")).ok();
+        let name = format!("..2026_11_23_00_00_00.{}", self.version);
+        std::fs::create_dir(root.join(&name)).expect("version dir");
+        std::fs::write(root.join(&name).join("annotations"), text).expect("write annotations");
+        std::os::unix::fs::symlink(&name, root.join("..data_tmp")).expect("..data_tmp");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+    }
+}
+
 /// Runs `herald` with arguments to completion (for CLI tests).
 pub fn herald_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(herald_bin())
