@@ -30,6 +30,11 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     NatsServer(#[from] NatsdError),
+    #[error("cannot start the app `{program}`: {source}")]
+    AppStart {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Runtime(String),
 }
@@ -39,31 +44,45 @@ impl AppError {
         match self {
             AppError::Config(_) => 64,
             AppError::NatsServer(NatsdError::NotFound(_)) => 69,
+            // As shells report a command that is missing or not executable.
+            AppError::AppStart { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                127
+            }
+            AppError::AppStart { .. } => 126,
             _ => 1,
         }
     }
 }
 
-/// Runs one command.
-pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), AppError> {
+/// Runs one command; `Ok` carries the exit status (the app's, for `herald run`).
+pub async fn main(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
     match cli.command {
-        Command::Sidecar(args) => serve(ServeConfig::resolve(RunMode::Sidecar, &args, env)?).await,
-        Command::Dev(args) => serve(ServeConfig::resolve(RunMode::Dev, &args, env)?).await,
+        Command::Sidecar(args) => {
+            serve(ServeConfig::resolve(RunMode::Sidecar, &args, env)?, None).await
+        }
+        Command::Dev(args) => serve(ServeConfig::resolve(RunMode::Dev, &args, env)?, None).await,
+        Command::Run(args) => {
+            let cfg = ServeConfig::resolve(RunMode::Dev, &args.serve, env)?;
+            serve(cfg, Some(args.command)).await
+        }
         Command::Stream {
             command: StreamCommand::Info(args),
         } => {
             init_logging(LogFormat::Text);
-            stream_info(&config::resolve_nats_url(&args, env)?).await
+            stream_info(&config::resolve_nats_url(&args, env)?).await?;
+            Ok(0)
         }
         Command::Deadletter { command } => {
             init_logging(LogFormat::Text);
-            crate::deadletter::run(command, env).await
+            crate::deadletter::run(command, env).await?;
+            Ok(0)
         }
         Command::Bench {
             command: BenchCommand::Publish(args),
         } => {
             init_logging(LogFormat::Text);
-            crate::bench::run(args, env).await
+            crate::bench::run(args, env).await?;
+            Ok(0)
         }
     }
 }
@@ -86,8 +105,9 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// `herald sidecar` and `herald dev`: serve until SIGTERM, SIGINT or `POST /shutdown`, then drain.
-pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
+/// `herald sidecar`, `dev` and `run`: serve until SIGTERM, SIGINT or `POST /shutdown` (or, with
+/// an app, until it exits), then drain. Returns the exit status: the app's, else 0.
+pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, AppError> {
     init_logging(cfg.log_format);
     let mut embedded: Option<NatsServer> = None;
     let url = match &cfg.nats_url {
@@ -115,7 +135,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
         url: url.clone(),
         name: format!("herald-{}", cfg.app_id),
     };
-    let client = broker::connect(&nats, metrics.clone())
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let client = broker::connect(&nats, metrics.clone(), closed.clone())
         .await
         .map_err(|e| AppError::Config(ConfigError(vec![format!("--nats-url={url:?}: {e}")])))?;
     let broker = Broker::new(client, &cfg.stream, cfg.publish_timeout);
@@ -138,7 +159,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     let admin_listener = bind("admin-listen", cfg.admin_listen).await?;
 
     let shutdown = Shutdown::new();
-    shutdown
+    // With an app, a signal stops the app first (it may still publish while it stops); the
+    // sidecar drains once the app is gone.
+    let signals = if app.is_some() {
+        Shutdown::new()
+    } else {
+        shutdown.clone()
+    };
+    signals
         .listen_for_signals()
         .map_err(|e| AppError::Runtime(format!("cannot watch signals: {e}")))?;
     let (buffer, drainer) = AsyncBuffer::start(broker.clone(), cfg.async_buffer, metrics.clone());
@@ -178,7 +206,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     let deliveries = tokio::spawn(subscriptions.run(cfg.pod_source.clone(), cfg.pod.clone()));
     let admin = Arc::new(Admin {
         registry,
-        readiness,
+        readiness: readiness.clone(),
     });
 
     // The admin server outlives the drain, so probes and metrics stay answerable during it.
@@ -196,6 +224,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     );
 
     let grace = cfg.shutdown_grace;
+    let app_task = app.map(|command| {
+        tokio::spawn(run_app(
+            command,
+            format!("http://{}", cfg.listen),
+            readiness.clone(),
+            signals.clone(),
+            shutdown.clone(),
+            grace,
+        ))
+    });
     http_server::serve(
         "publish",
         listener,
@@ -217,13 +255,91 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), AppError> {
     {
         tracing::warn!("NATS flush timed out at shutdown");
     }
+    // Close the connection before an embedded server goes, so the client does not start
+    // reconnecting to it.
+    if broker.client().drain().await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), closed.notified()).await;
+    }
     admin_stop.trigger();
     let _ = admin_task.await;
     if let Some(mut server) = embedded {
         let _ = tokio::task::spawn_blocking(move || server.stop()).await;
     }
+    let status = match app_task {
+        Some(t) => t.await.map_err(|e| AppError::Runtime(e.to_string()))??,
+        None => 0,
+    };
     tracing::info!("stopped");
-    Ok(())
+    Ok(status)
+}
+
+/// `herald run`'s app: started once the sidecar is ready, with `HERALD_URL`; its exit drains the
+/// sidecar, and a signal (or `POST /shutdown`) sends it SIGTERM, then SIGKILL after `grace`.
+/// Returns its exit status (128 + the signal number if a signal ended it).
+async fn run_app(
+    command: Vec<String>,
+    herald_url: String,
+    readiness: Arc<Readiness>,
+    signals: Shutdown,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> Result<u8, AppError> {
+    let ready = tokio::select! {
+        _ = readiness.wait_ready() => true,
+        _ = signals.wait() => false,
+        _ = shutdown.wait() => false,
+    };
+    if !ready {
+        shutdown.trigger();
+        return Ok(0);
+    }
+    let (program, args) = command.split_first().ok_or_else(|| {
+        AppError::Config(ConfigError(vec![
+            "the app command after `--` is empty".into(),
+        ]))
+    })?;
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
+        .env("HERALD_URL", &herald_url)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            shutdown.trigger();
+            return Err(AppError::AppStart {
+                program: program.clone(),
+                source: e,
+            });
+        }
+    };
+    tracing::info!(pid = child.id(), %herald_url, "started the app: {}", command.join(" "));
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = async { tokio::select! { _ = signals.wait() => {}, _ = shutdown.wait() => {} } } => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(s) => s,
+                Err(_) => {
+                    tracing::warn!(?grace, "the app did not stop within the grace period; killing it");
+                    let _ = child.kill().await;
+                    child.wait().await
+                }
+            }
+        }
+    };
+    shutdown.trigger();
+    let status = status.map_err(|e| AppError::Runtime(format!("waiting for the app: {e}")))?;
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    };
+    tracing::info!(code, "the app exited");
+    Ok(u8::try_from(code).unwrap_or(1))
 }
 
 /// Creates or updates both streams (dev mode) once NATS is reachable.

@@ -43,9 +43,11 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 /// Connects in the background: returns at once, even when NATS is down, and keeps reconnecting.
+/// `closed` is notified once the connection is closed for good (after a drain).
 pub async fn connect(
     cfg: &NatsConfig,
     metrics: Arc<Metrics>,
+    closed: Arc<tokio::sync::Notify>,
 ) -> Result<Client, async_nats::ConnectError> {
     let servers: Vec<async_nats::ServerAddr> = cfg
         .url
@@ -62,7 +64,7 @@ pub async fn connect(
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
-            let metrics = metrics.clone();
+            let (metrics, closed) = (metrics.clone(), closed.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -84,6 +86,10 @@ pub async fn connect(
                                 event: ConnectionEvent::Disconnected,
                             })
                             .inc();
+                    }
+                    async_nats::Event::Closed => {
+                        tracing::debug!("NATS connection closed");
+                        closed.notify_one();
                     }
                     other => tracing::info!(event = %other, "NATS event"),
                 }

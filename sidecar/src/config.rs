@@ -51,6 +51,9 @@ pub enum Command {
     /// Local development: like `sidecar`, plus stream creation, and its own nats-server when no
     /// --nats-url is given.
     Dev(ServeArgs),
+    /// `dev` plus your app: starts CMD once the sidecar is ready, with HERALD_URL set; both stop
+    /// together, and the exit status is the app's.
+    Run(RunArgs),
     /// Inspect JetStream streams.
     Stream {
         #[command(subcommand)]
@@ -165,6 +168,16 @@ pub struct ServeArgs {
     /// First broker redelivery delay after the local retries; doubles up to 5m [default: 5s]
     #[arg(long)]
     pub redelivery_delay: Option<String>,
+}
+
+/// `herald run [flags] -- CMD ARGS`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// The app and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

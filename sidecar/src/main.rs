@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(herald_sidecar::app::main(cli, &ProcessEnv)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("herald: {e}");
             ExitCode::from(e.exit_code())

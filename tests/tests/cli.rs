@@ -94,3 +94,84 @@ async fn stream_info_reads_the_url_from_the_environment() {
             .contains("HERALD_DLQ")
     );
 }
+
+/// `herald run` arguments against the test's nats-server, on free ports.
+fn run_args(nats: &Nats, app: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--nats-url",
+        nats.server.url(),
+        "--listen",
+        &format!("127.0.0.1:{}", herald_tests::free_port()),
+        "--admin-listen",
+        &format!("127.0.0.1:{}", herald_tests::free_port()),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(app.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn run_starts_the_app_with_herald_url_and_exits_with_its_status() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    let script = format!("echo \"$HERALD_URL\" > {}; exit 3", seen.display());
+    let args = run_args(&nats, &["sh", "-c", &script]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = herald_output(&args, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = std::fs::read_to_string(&seen).unwrap();
+    assert!(url.trim().starts_with("http://127.0.0.1:"), "{url}");
+    // The app is told the publish API's address (`--listen`).
+    assert_eq!(url.trim(), format!("http://{}", args[4]));
+
+    let args = run_args(&nats, &["/nonexistent/app"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = herald_output(&args, &[]);
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("cannot start the app `/nonexistent/app`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_stops_the_app_on_sigterm_and_reports_its_status() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, stopped) = (dir.path().join("started"), dir.path().join("stopped"));
+    let script = format!(
+        "trap 'echo term > {}; exit 7' TERM; touch {}; while :; do sleep 0.05; done",
+        stopped.display(),
+        started.display()
+    );
+    let args = run_args(&nats, &["sh", "-c", &script]);
+    let mut child = std::process::Command::new(herald_tests::herald_bin())
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < until, "the app never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    assert_eq!(std::fs::read_to_string(&stopped).unwrap().trim(), "term");
+}
