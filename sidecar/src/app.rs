@@ -84,6 +84,13 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
             crate::bench::run(args, env).await?;
             Ok(0)
         }
+        Command::Bench {
+            command: BenchCommand::Deliver(args),
+        } => {
+            init_logging(LogFormat::Text);
+            crate::bench::deliver::run(args, env).await?;
+            Ok(0)
+        }
     }
 }
 

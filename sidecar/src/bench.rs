@@ -1,3 +1,5 @@
+//! `herald bench publish` (here) and `herald bench deliver` ([`deliver`]).
+//!
 //! `herald bench publish`: one run that measures publishing through the sidecar and directly with
 //! async-nats against the same nats-server, and prints the ratio.
 //!
@@ -25,6 +27,8 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+
+pub mod deliver;
 
 use crate::app::AppError;
 use crate::broker::nats_headers;
@@ -181,6 +185,8 @@ struct Payload {
     data: Bytes,
     counter: AtomicU64,
     run: String,
+    /// When set, binary requests carry the send time since this instant (end-to-end latency).
+    sent_epoch: Option<Instant>,
 }
 
 impl Payload {
@@ -266,7 +272,14 @@ impl Conn {
                         (req, *n as u64)
                     }
                     _ => {
-                        let req = http::Request::post("/publish")
+                        let mut req = http::Request::post("/publish");
+                        if let Some(epoch) = p.sent_epoch {
+                            req = req.header(
+                                deliver::SENT_HEADER,
+                                epoch.elapsed().as_nanos().to_string(),
+                            );
+                        }
+                        let req = req
                             .header(http::header::HOST, "127.0.0.1")
                             .header("ce-specversion", "1.0")
                             .header("ce-id", p.next_id())
@@ -519,6 +532,7 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
         data,
         counter: AtomicU64::new(0),
         run: uuid::Uuid::new_v4().simple().to_string(),
+        sent_epoch: None,
     });
 
     eprintln!(

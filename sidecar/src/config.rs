@@ -89,6 +89,8 @@ pub enum DeadletterCommand {
 pub enum BenchCommand {
     /// Publish through the sidecar and directly with async-nats in one run, and compare.
     Publish(crate::bench::BenchArgs),
+    /// Delivery throughput (sidecar vs raw async-nats consumers) and publish-to-app latency.
+    Deliver(crate::bench::deliver::DeliverArgs),
 }
 
 #[derive(Debug, Args, Default)]

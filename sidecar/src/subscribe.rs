@@ -111,6 +111,22 @@ pub struct Subscription {
     pub start: StartPosition,
 }
 
+impl Subscription {
+    /// A subscription to `filter` with every default.
+    pub fn new(filter: TypeFilter) -> Self {
+        Subscription {
+            filter,
+            path: "/".into(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            retry: RetryPolicy::default(),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            dead_letter: true,
+            mode: DeliveryMode::Binary,
+            start: StartPosition::New,
+        }
+    }
+}
+
 /// Timeout of one delivery attempt unless configured.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -194,14 +210,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
     };
     // The simple annotations are the pod-wide defaults of every subscription.
     let defaults = Subscription {
-        filter: TypeFilter::parse(">").unwrap_or_else(|_| unreachable!("`>` is a valid filter")),
         path,
         max_in_flight,
-        retry: RetryPolicy::default(),
-        attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-        dead_letter: true,
-        mode: DeliveryMode::Binary,
-        start: StartPosition::New,
+        ..Subscription::new(
+            TypeFilter::parse(">").unwrap_or_else(|_| unreachable!("`>` is a valid filter")),
+        )
     };
     let mut subscriptions: Vec<Subscription> = filters
         .into_iter()
