@@ -146,7 +146,13 @@ impl Subscriptions {
     /// Follows changes of the annotations file until shutdown, then waits for every subscription
     /// to drain.
     pub async fn run(mut self, source: PodSource, mut current: PodConfig) {
-        let (_watcher, mut changes) = match source.file.as_ref().map(|(p, _)| watch_file(p)) {
+        // A default file that does not exist (the sidecar run by hand, without the injector) is
+        // not watched; one named explicitly is.
+        let watched = source
+            .file
+            .as_ref()
+            .filter(|(path, explicit)| *explicit || Path::new(path).exists());
+        let (_watcher, mut changes) = match watched.map(|(p, _)| watch_file(p)) {
             Some(Ok((w, rx))) => (Some(w), Some(rx)),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot watch the annotations file; changes need a restart");
