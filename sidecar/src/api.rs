@@ -167,12 +167,7 @@ impl Api {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = crate::event::media_essence(ct);
         match essence.as_str() {
             "application/cloudevents+json" => {
                 let body = self.read_body(&parts.headers, body).await?;

@@ -75,6 +75,17 @@ pub struct BenchArgs {
     pub nats_server_bin: Option<String>,
 }
 
+const SCENARIOS: [&str; 4] = ["raw", "sidecar", "batch", "rate"];
+
+/// `--scenarios`: a comma-separated subset of `known`.
+fn parse_scenarios(v: &str, known: &[&str]) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
+    match list.iter().find(|s| !known.contains(&s.as_str())) {
+        Some(bad) => Err(format!("unknown scenario `{bad}` ({})", known.join(", "))),
+        None => Ok(list),
+    }
+}
+
 struct Settings {
     nats_url: Option<String>,
     concurrency: usize,
@@ -110,22 +121,9 @@ impl Settings {
                 .unwrap_or(1000) as u64,
             scenarios: r
                 .get("scenarios", &a.scenarios, |v| {
-                    let list: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
-                    match list
-                        .iter()
-                        .find(|s| !["raw", "sidecar", "batch", "rate"].contains(&s.as_str()))
-                    {
-                        Some(bad) => Err(format!(
-                            "unknown scenario `{bad}` (raw, sidecar, batch, rate)"
-                        )),
-                        None => Ok(list),
-                    }
+                    parse_scenarios(v, &SCENARIOS)
                 })
-                .unwrap_or_else(|| {
-                    ["raw", "sidecar", "batch", "rate"]
-                        .map(String::from)
-                        .to_vec()
-                }),
+                .unwrap_or_else(|| SCENARIOS.map(String::from).to_vec()),
             nats_server_bin: r
                 .get("nats-server-bin", &a.nats_server_bin, |v| Ok(v.to_owned()))
                 .unwrap_or_else(|| "nats-server".into()),
@@ -461,13 +459,16 @@ fn free_addr() -> Result<SocketAddr, AppError> {
         .map_err(|e| AppError::Runtime(format!("no free port: {e}")))
 }
 
-pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
-    let s = Settings::resolve(&args, env)?;
-    let _embedded;
-    let url = match &s.nats_url {
-        Some(u) => u.clone(),
+/// The NATS server to measure against (a throwaway one unless `url` is given, kept alive by the
+/// returned handle), and the bench stream on it, created empty.
+async fn bench_nats(
+    url: &Option<String>,
+    server_bin: &str,
+) -> Result<(Option<NatsServer>, String, jetstream::Context), AppError> {
+    let (embedded, url) = match url {
+        Some(u) => (None, u.clone()),
         None => {
-            let bin = natsd::find_binary(&s.nats_server_bin)?;
+            let bin = natsd::find_binary(server_bin)?;
             let server = tokio::task::spawn_blocking(move || {
                 NatsServer::start(&NatsServerOptions {
                     bin,
@@ -478,8 +479,7 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
             .await
             .map_err(|e| AppError::Runtime(e.to_string()))??;
             let url = server.url().to_owned();
-            _embedded = server;
-            url
+            (Some(server), url)
         }
     };
     let client = async_nats::connect(&url)
@@ -493,9 +493,17 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
         )],
         ..StreamPolicy::dev_events(STREAM)
     };
+    // A stream left by an interrupted run would hold old events.
+    let _ = js.delete_stream(STREAM).await;
     streams::ensure(&js, &policy)
         .await
         .map_err(|e| AppError::Runtime(e.to_string()))?;
+    Ok((embedded, url, js))
+}
+
+pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
+    let s = Settings::resolve(&args, env)?;
+    let (_embedded, url, js) = bench_nats(&s.nats_url, &s.nats_server_bin).await?;
 
     // The sidecar under test: this very binary.
     let (listen, admin) = (free_addr()?, free_addr()?);

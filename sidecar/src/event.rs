@@ -256,13 +256,18 @@ fn is_absolute_uri(v: &str) -> bool {
 }
 
 /// Whether a media type says the data is JSON (so structured `data` is kept as JSON text).
-pub fn is_json(ct: &str) -> bool {
-    let essence = ct
-        .split(';')
+/// The media type without parameters, lower case: `application/json; charset=utf-8` →
+/// `application/json`.
+pub fn media_essence(ct: &str) -> String {
+    ct.split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+pub fn is_json(ct: &str) -> bool {
+    let essence = media_essence(ct);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
@@ -341,12 +346,7 @@ pub fn to_structured<'a>(
 
 /// Media types whose data is text, written to structured `data` as a JSON string.
 fn is_text(ct: &str) -> bool {
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(ct);
     essence.starts_with("text/") || essence.ends_with("+xml") || essence == "application/xml"
 }
 

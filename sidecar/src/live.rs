@@ -105,10 +105,7 @@ impl Subscriptions {
             if let Some(r) = self.running.remove(&key) {
                 tracing::info!(filter = %key, "unsubscribed; deliveries in flight finish");
                 r.stop.trigger();
-                self.stopping.spawn(async move {
-                    let _ = r.task.await;
-                    drop(r.live);
-                });
+                self.retire(r);
             }
         }
         for (key, target) in wanted {
@@ -172,13 +169,20 @@ impl Subscriptions {
                 _ = self.shutdown.wait() => break,
             }
         }
-        for (_, r) in self.running.drain() {
-            self.stopping.spawn(async move {
-                let _ = r.task.await;
-                drop(r.live);
-            });
+        let all: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        for r in all {
+            self.retire(r);
         }
         while self.stopping.join_next().await.is_some() {}
+    }
+
+    /// Keeps a stopped subscription's task (and its settings channel, which it reads until it
+    /// ends) until its deliveries have finished.
+    fn retire(&mut self, r: Running) {
+        self.stopping.spawn(async move {
+            let _ = r.task.await;
+            drop(r.live);
+        });
     }
 
     fn reload(&mut self, source: &PodSource, current: PodConfig) -> PodConfig {

@@ -185,6 +185,23 @@ impl Herald {
         Self::start("sidecar", &all).await
     }
 
+    /// `herald sidecar` against `nats` as `app_id`, configured by an annotations file; waits
+    /// until ready.
+    pub async fn with_annotations(nats: &Nats, app_id: &str, file: &std::path::Path) -> Self {
+        let file = file.to_str().expect("a UTF-8 temp path");
+        let args = [
+            "--nats-url",
+            nats.server.url(),
+            "--app-id",
+            app_id,
+            "--annotations-file",
+            file,
+        ];
+        let h = Self::start("sidecar", &args).await;
+        h.wait_ready().await;
+        h
+    }
+
     /// Polls an admin path until it answers `status` (20 s at most).
     pub async fn wait_for(&self, path: &str, status: u16) {
         let client = reqwest::Client::new();

@@ -366,19 +366,7 @@ async fn subscriptions_come_from_the_annotations_file() {
         ),
     )
     .unwrap();
-    let h = Herald::start(
-        "sidecar",
-        &[
-            "--nats-url",
-            nats.server.url(),
-            "--app-id",
-            "billing",
-            "--annotations-file",
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
-    h.wait_ready().await;
+    let h = Herald::with_annotations(&nats, "billing", &file).await;
     publish(&h, "f-1", "order.paid.v1").await;
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got[0].path, "/hook");

@@ -69,19 +69,7 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
         ("herald.dev/subscribe", "order.created.v1"),
         ("herald.dev/max-in-flight", "4"),
     ]);
-    let h = Herald::start(
-        "sidecar",
-        &[
-            "--nats-url",
-            nats.server.url(),
-            "--app-id",
-            "billing",
-            "--annotations-file",
-            pod.file().to_str().unwrap(),
-        ],
-    )
-    .await;
-    h.wait_ready().await;
+    let h = Herald::with_annotations(&nats, "billing", &pod.file()).await;
 
     // Load: both types, one every 10 ms each, for the whole test.
     let published: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
@@ -224,19 +212,7 @@ async fn reload_swaps_the_publish_allowlist() {
     let nats = Nats::start();
     nats.create_streams().await;
     let mut pod = PodInfo::new(&[("herald.dev/publish-allow", "order.>")]);
-    let h = Herald::start(
-        "sidecar",
-        &[
-            "--nats-url",
-            nats.server.url(),
-            "--app-id",
-            "shop",
-            "--annotations-file",
-            pod.file().to_str().unwrap(),
-        ],
-    )
-    .await;
-    h.wait_ready().await;
+    let h = Herald::with_annotations(&nats, "shop", &pod.file()).await;
     let client = reqwest::Client::new();
     assert_eq!(publish(&client, &h.url, "1", "invoice.sent.v1").await, 403);
     pod.write(&[("herald.dev/publish-allow", "order.>, invoice.>")]);
@@ -272,19 +248,7 @@ async fn yaml_subscriptions_choose_mode_path_and_start_position() {
         ("herald.dev/app-port", &port),
         ("herald.dev/subscriptions", yaml),
     ]);
-    let h = Herald::start(
-        "sidecar",
-        &[
-            "--nats-url",
-            nats.server.url(),
-            "--app-id",
-            "billing",
-            "--annotations-file",
-            pod.file().to_str().unwrap(),
-        ],
-    )
-    .await;
-    h.wait_ready().await;
+    let h = Herald::with_annotations(&nats, "billing", &pod.file()).await;
     assert_eq!(
         publish(&client, &h.url, "new-1", "order.paid.v1").await,
         204

@@ -36,8 +36,6 @@ use crate::config::{ConfigError, Env, Resolver, parse_count, parse_duration, par
 use crate::consumer::{self, Subscriber};
 use crate::event::TraceContext;
 use crate::filter::TypeFilter;
-use crate::natsd::{self, NatsServer, NatsServerOptions};
-use crate::streams::{self, StreamPolicy};
 use crate::subject::event_subject;
 use crate::subscribe::{StartPosition, Subscription};
 
@@ -125,14 +123,7 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(2)),
             scenarios: r
                 .get("scenarios", &a.scenarios, |v| {
-                    let list: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
-                    match list.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
-                        Some(bad) => Err(format!(
-                            "unknown scenario `{bad}` ({})",
-                            SCENARIOS.join(", ")
-                        )),
-                        None => Ok(list),
-                    }
+                    super::parse_scenarios(v, &SCENARIOS)
                 })
                 .unwrap_or_else(|| SCENARIOS.map(String::from).to_vec()),
             nats_server_bin: r
@@ -250,40 +241,7 @@ impl Throughput {
 
 pub async fn run(args: DeliverArgs, env: &dyn Env) -> Result<(), AppError> {
     let s = Settings::resolve(&args, env)?;
-    let _embedded;
-    let url = match &s.nats_url {
-        Some(u) => u.clone(),
-        None => {
-            let bin = natsd::find_binary(&s.nats_server_bin)?;
-            let server = tokio::task::spawn_blocking(move || {
-                NatsServer::start(&NatsServerOptions {
-                    bin,
-                    port: None,
-                    store_dir: None,
-                })
-            })
-            .await
-            .map_err(|e| AppError::Runtime(e.to_string()))??;
-            let url = server.url().to_owned();
-            _embedded = server;
-            url
-        }
-    };
-    let client = async_nats::connect(&url)
-        .await
-        .map_err(|e| AppError::Runtime(format!("cannot connect to {url}: {e}")))?;
-    let js = jetstream::new(client);
-    let policy = StreamPolicy {
-        subjects: vec![format!(
-            "{}.>",
-            event_subject(SOURCE, "x").trim_end_matches(".x")
-        )],
-        ..StreamPolicy::dev_events(STREAM)
-    };
-    let _ = js.delete_stream(STREAM).await;
-    streams::ensure(&js, &policy)
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let (_embedded, url, js) = super::bench_nats(&s.nats_url, &s.nats_server_bin).await?;
     let epoch = Instant::now();
     let app = App::start(epoch).await?;
     let pad = s.payload.saturating_sub(10).max(1);
