@@ -57,8 +57,9 @@ pub mod dlq_header {
 /// A `Retry-After` or backoff longer than this is waited out by the broker (delayed NAK), not in
 /// the sidecar.
 const LONGEST_LOCAL_WAIT: Duration = Duration::from_secs(2);
-/// How long one pull request waits for events.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull request waits for events. Short, because at shutdown the sidecar keeps its
+/// open request until it ends (see [`Deliverer::run`]).
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +444,8 @@ impl Deliverer {
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let freed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
+        // The pull request in progress, if any.
+        let mut open: Option<Batch> = None;
         'pull: while !stop.is_triggered() {
             while tasks.try_join_next().is_some() {}
             let busy = active.load(std::sync::atomic::Ordering::Acquire);
@@ -464,8 +467,8 @@ impl Deliverer {
                 b = consumer.batch().max_messages(free).expires(PULL_EXPIRES).messages() => b,
                 _ = stop.wait() => break,
             };
-            let mut batch = match batch {
-                Ok(b) => b,
+            let batch = match batch {
+                Ok(b) => open.insert(b),
                 Err(e) => {
                     tracing::warn!(error = %e, %filter, "pull failed; retrying");
                     tokio::select! {
@@ -488,9 +491,13 @@ impl Deliverer {
                     _ = stop.wait() => break 'pull,
                 };
                 match next {
-                    None => break,
+                    None => {
+                        open = None;
+                        break;
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "pull ended");
+                        open = None;
                         break;
                     }
                     Some(Ok(msg)) => {
@@ -511,9 +518,22 @@ impl Deliverer {
             }
         }
         lag.abort();
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
+        // JetStream may still send events to the open request (it cannot be cancelled): read it
+        // to its end, at most PULL_EXPIRES, handing every late event back at once instead of
+        // stranding it until the ack wait. Meanwhile the deliveries in flight finish.
+        let drain = async {
+            let mut delivering = true;
+            while delivering || open.is_some() {
+                tokio::select! {
+                    m = next_of(&mut open) => match m {
+                        Some(Ok(msg)) => { let _ = msg.ack_with(AckKind::Nak(None)).await; }
+                        _ => open = None,
+                    },
+                    done = tasks.join_next(), if delivering => delivering = done.is_some(),
+                }
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(%filter, "grace period over with deliveries in flight; they will be redelivered");
             tasks.abort_all();
         }
@@ -538,6 +558,16 @@ impl Deliverer {
                 }
             }
         }
+    }
+}
+
+type Batch = jetstream::consumer::pull::Batch;
+
+/// The next event of the open pull request; never resolves without one.
+async fn next_of(open: &mut Option<Batch>) -> Option<Result<Message, async_nats::Error>> {
+    match open {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
     }
 }
 

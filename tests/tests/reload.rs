@@ -155,8 +155,8 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
         "order.created.v1 still delivered {:?} after the swap",
         last_created - swapped
     );
-    // Its deliveries in flight were finished, not dropped: none delivered twice, none left
-    // unacknowledged, none redelivered.
+    // Its deliveries in flight were finished, not dropped: none delivered twice and none left
+    // unacknowledged (events that reached its open pull request after the stop were handed back).
     let mut seen = HashMap::new();
     for r in &created {
         *seen.entry(r.header("ce-id").unwrap()).or_insert(0) += 1;
@@ -167,7 +167,7 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
         "the removed subscription has nothing pending",
         || async {
             let c = consumer_info(&js, "order.created.v1").await;
-            c.num_ack_pending == 0 && c.num_redelivered == 0
+            c.num_ack_pending == 0
         },
     )
     .await;
