@@ -1,0 +1,258 @@
+//! Every AdmissionReview captured from kube-apiserver v1.28 (tests/fixtures/admission, see its
+//! README) through the injector: the response is serialized as it goes on the wire, its patch is
+//! applied to the request's pod with json-patch, and the result is checked as a typed `Pod`.
+
+use std::path::PathBuf;
+
+use herald_injector::mutate::{HERALD_URL, InjectorConfig, PODINFO_VOLUME, SIDECAR_NAME};
+use herald_injector::review;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+fn config(native: bool) -> InjectorConfig {
+    InjectorConfig {
+        sidecar_image: "ghcr.io/herald/sidecar:test".into(),
+        nats_url: "nats://nats.herald-system:4222".into(),
+        native_sidecar: native,
+        resources: InjectorConfig::default_resources(),
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/admission")
+        .join(format!("{name}.json"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The answer as the apiserver reads it.
+struct Answer {
+    allowed: bool,
+    message: String,
+    warnings: Vec<String>,
+    /// The request's pod with the patch applied (the pod itself when there is no patch).
+    pod: Pod,
+    patched: bool,
+    uid_echoed: bool,
+}
+
+fn run(name: &str, native: bool) -> Answer {
+    let body = fixture(name);
+    let req = review::parse(&body).expect("a captured request parses");
+    let (resp, _) = review::answer(&req, None, &config(native));
+    let wire: Value = serde_json::from_slice(&serde_json::to_vec(&resp).unwrap()).unwrap();
+    assert_eq!(wire["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(wire["kind"], "AdmissionReview");
+    let r = &wire["response"];
+    let request: Value = serde_json::from_slice(&body).unwrap();
+    let mut pod = request["request"]["object"].clone();
+    let patched = !r["patch"].is_null();
+    if patched {
+        assert_eq!(r["patchType"], "JSONPatch");
+        // kube-core writes the bytes as an array of numbers, which v1.28 accepts.
+        let bytes: Vec<u8> = serde_json::from_value(r["patch"].clone()).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut pod, &patch).expect("the patch applies to the request's pod");
+    }
+    Answer {
+        allowed: r["allowed"].as_bool().unwrap(),
+        message: r["status"]["message"].as_str().unwrap_or("").to_owned(),
+        warnings: serde_json::from_value(r["warnings"].clone()).unwrap_or_default(),
+        pod: serde_json::from_value(pod).expect("the patched pod is a valid Pod"),
+        patched,
+        uid_echoed: r["uid"] == request["request"]["uid"],
+    }
+}
+
+fn sidecar(pod: &Pod) -> &Container {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .expect("the sidecar is injected")
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// What every injected pod has, native or not.
+fn assert_injected(a: &Answer, app_id: &str, native: bool) {
+    assert!(a.allowed && a.patched && a.uid_echoed);
+    let spec = a.pod.spec.as_ref().unwrap();
+    let s = sidecar(&a.pod);
+    assert_eq!(env(s, "HERALD_APP_ID"), Some(app_id));
+    assert_eq!(
+        env(s, "HERALD_NATS_URL"),
+        Some("nats://nats.herald-system:4222")
+    );
+    let sc = s.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert_eq!(
+        s.volume_mounts.as_ref().unwrap()[0].mount_path,
+        "/etc/herald/podinfo"
+    );
+    if native {
+        let first = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(first.name, SIDECAR_NAME);
+        assert_eq!(first.restart_policy.as_deref(), Some("Always"));
+    } else {
+        assert_eq!(spec.containers[0].name, SIDECAR_NAME);
+        assert_eq!(spec.containers[0].restart_policy, None);
+    }
+    let podinfo = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.name == PODINFO_VOLUME)
+        .count();
+    assert_eq!(podinfo, 1);
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != SIDECAR_NAME)
+    {
+        assert_eq!(
+            env(c, "HERALD_URL"),
+            Some(HERALD_URL),
+            "container {}",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn controller_pods_get_the_sidecar_with_the_workload_as_app_id() {
+    for native in [true, false] {
+        for (name, app_id) in [
+            ("a-orders", "orders"),
+            ("b-ledger", "ledger"),
+            ("c-report", "monthly-report"),
+            ("d-nightly-manual", "nightly-manual"),
+            ("e-debug", "debug"),
+            ("f-storefront", "storefront"),
+            ("i-unlabelled-ns-if-sent", "stray-sent"),
+            ("j-dry-run", "dry-run"),
+            ("k-server-side-apply", "applied"),
+            ("l-relay-daemonset", "relay"),
+        ] {
+            let a = run(name, native);
+            assert_injected(&a, app_id, native);
+        }
+    }
+}
+
+#[test]
+fn an_existing_complex_spec_is_kept() {
+    let before: Value = serde_json::from_slice(&fixture("f-storefront")).unwrap();
+    let before: Pod = serde_json::from_value(before["request"]["object"].clone()).unwrap();
+    let a = run("f-storefront", true);
+    let (old, new) = (before.spec.unwrap(), a.pod.spec.clone().unwrap());
+    // Init containers: the sidecar first, then `migrate` as it was plus HERALD_URL.
+    let init = new.init_containers.unwrap();
+    assert_eq!(init.len(), 2);
+    let mut migrate = init[1].clone();
+    migrate
+        .env
+        .as_mut()
+        .unwrap()
+        .retain(|e| e.name != "HERALD_URL");
+    assert_eq!(migrate, old.init_containers.unwrap()[0]);
+    // App containers unchanged but for the appended HERALD_URL.
+    assert_eq!(new.containers.len(), old.containers.len());
+    for (n, o) in new.containers.iter().zip(&old.containers) {
+        let mut n = n.clone();
+        let env = n.env.as_mut().unwrap();
+        assert_eq!(env.last().unwrap().name, "HERALD_URL");
+        env.pop();
+        assert_eq!(&n, o);
+    }
+    // Volumes appended, the pod security context untouched.
+    let volumes = new.volumes.unwrap();
+    assert_eq!(&volumes[..volumes.len() - 1], &old.volumes.unwrap()[..]);
+    assert_eq!(new.security_context, old.security_context);
+    assert_eq!(a.pod.metadata, before.metadata);
+}
+
+#[test]
+fn pods_that_did_not_ask_are_left_alone() {
+    for name in ["g-no-inject", "m-plain"] {
+        let a = run(name, true);
+        assert!(a.allowed && !a.patched && a.uid_echoed, "{name}");
+    }
+}
+
+#[test]
+fn bad_annotations_are_denied_naming_every_key() {
+    let a = run("h-bad-annotations", true);
+    assert!(!a.allowed && !a.patched && a.uid_echoed);
+    for needle in ["herald.dev/app-port", "herald.dev/max-in-flight", "eighty"] {
+        assert!(a.message.contains(needle), "{needle}: {}", a.message);
+    }
+}
+
+#[test]
+fn a_second_pass_changes_nothing() {
+    let once = run("a-orders", true);
+    let mut review: Value = serde_json::from_slice(&fixture("a-orders")).unwrap();
+    review["request"]["object"] = serde_json::to_value(&once.pod).unwrap();
+    let req = review::parse(&serde_json::to_vec(&review).unwrap()).unwrap();
+    let (resp, _) = review::answer(&req, None, &config(true));
+    let wire = serde_json::to_value(&resp).unwrap();
+    assert_eq!(wire["response"]["allowed"], true);
+    assert!(wire["response"]["patch"].is_null());
+}
+
+#[test]
+fn jobs_without_native_sidecars_are_warned() {
+    for name in ["c-report", "d-nightly-manual"] {
+        let plain = run(name, false);
+        assert!(
+            plain.warnings.iter().any(|w| w.contains("/shutdown")),
+            "{name}: {:?}",
+            plain.warnings
+        );
+        let native = run(name, true);
+        assert!(!native.warnings.iter().any(|w| w.contains("/shutdown")));
+    }
+    // The app id of a Job-owned pod without a CronJob comes from the Job: said so.
+    let d = run("d-nightly-manual", true);
+    assert!(d.warnings.iter().any(|w| w.contains("herald.dev/app-id")));
+}
+
+/// The whole injected pod of (a) and (f), native and plain, against files a reviewer can read.
+/// `HERALD_UPDATE_GOLDEN=1` rewrites them after an intended change.
+#[test]
+fn injected_pods_match_the_golden_files() {
+    for name in ["a-orders", "f-storefront"] {
+        for native in [true, false] {
+            let pod = run(name, native).pod;
+            let text = serde_json::to_string_pretty(&pod).unwrap() + "\n";
+            let mode = if native { "native" } else { "plain" };
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden")
+                .join(format!("{name}.{mode}.json"));
+            if std::env::var_os("HERALD_UPDATE_GOLDEN").is_some() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (HERALD_UPDATE_GOLDEN=1 writes it)", path.display())
+            });
+            assert_eq!(text, want, "{} differs", path.display());
+        }
+    }
+}
