@@ -604,7 +604,21 @@ async fn no_ack_in_time_answers_504() {
     let nats = Nats::start();
     let _responder = fake_jetstream(&nats, None).await;
     let h = Herald::sidecar(&nats, &["--publish-timeout", "300ms"]).await;
-    h.wait_for("/readyz", 503).await;
+    // Unready because the stream is missing (so NATS is connected): right after start it is
+    // unready because NATS is not connected yet, and a publish then gets a fast 503 instead.
+    let client = reqwest::Client::new();
+    herald_tests::eventually(Duration::from_secs(15), "the sidecar connects", || async {
+        let body = client.get(format!("{}/readyz", h.admin)).send().await;
+        match body {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("does not exist"),
+            Err(_) => false,
+        }
+    })
+    .await;
     let r = publish_binary(&h, "slow").await;
     assert_eq!(r.status(), 504);
 }
