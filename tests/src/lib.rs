@@ -225,6 +225,27 @@ impl Herald {
         }
     }
 
+    /// Waits (20 s at most) until the sidecar is connected to NATS, ready or not: right after
+    /// start every publish gets the fast 503 of a disconnected sidecar.
+    pub async fn wait_connected(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.admin);
+        eventually(
+            Duration::from_secs(20),
+            "the sidecar connects to NATS",
+            || async {
+                match client.get(&url).send().await {
+                    Ok(r) => {
+                        let reason = r.text().await.unwrap_or_default();
+                        !reason.contains("not connected") && !reason.starts_with("starting")
+                    }
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_ready(&self) {
         self.wait_for("/readyz", 200).await;
     }

@@ -604,21 +604,8 @@ async fn no_ack_in_time_answers_504() {
     let nats = Nats::start();
     let _responder = fake_jetstream(&nats, None).await;
     let h = Herald::sidecar(&nats, &["--publish-timeout", "300ms"]).await;
-    // Unready because the stream is missing (so NATS is connected): right after start it is
-    // unready because NATS is not connected yet, and a publish then gets a fast 503 instead.
-    let client = reqwest::Client::new();
-    herald_tests::eventually(Duration::from_secs(15), "the sidecar connects", || async {
-        let body = client.get(format!("{}/readyz", h.admin)).send().await;
-        match body {
-            Ok(r) => r
-                .text()
-                .await
-                .unwrap_or_default()
-                .contains("does not exist"),
-            Err(_) => false,
-        }
-    })
-    .await;
+    // Connected, but unready: the fake responder is not a stream.
+    h.wait_connected().await;
     let r = publish_binary(&h, "slow").await;
     assert_eq!(r.status(), 504);
 }
@@ -628,6 +615,7 @@ async fn an_unintelligible_ack_answers_500() {
     let nats = Nats::start();
     let _responder = fake_jetstream(&nats, Some(("not json", Duration::ZERO))).await;
     let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_connected().await;
     let r = publish_binary(&h, "x").await;
     assert_eq!(r.status(), 500);
 }
@@ -706,6 +694,7 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
     )
     .await;
     let mut h = Herald::sidecar(&nats, &["--shutdown-grace", "10s"]).await;
+    h.wait_connected().await;
     let url = h.url.clone();
     let inflight = tokio::spawn(async move {
         binary(&url, "slow", "s", "t")
