@@ -463,10 +463,13 @@ impl Deliverer {
                 }
                 continue;
             }
-            let batch = tokio::select! {
-                b = consumer.batch().max_messages(free).expires(PULL_EXPIRES).messages() => b,
-                _ = stop.wait() => break,
-            };
+            // Not abandoned on stop: once the request is sent it must be read to its end (below).
+            let batch = consumer
+                .batch()
+                .max_messages(free)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
             let batch = match batch {
                 Ok(b) => open.insert(b),
                 Err(e) => {

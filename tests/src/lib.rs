@@ -146,7 +146,36 @@ impl Herald {
         Self::start_with_env(mode, args, &[]).await
     }
 
+    /// Ports come from [`free_port`], so another process of a parallel test can take one in
+    /// between; a herald that exits because it cannot listen is started again on new ports.
     pub async fn start_with_env(mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        for _ in 0..3 {
+            let mut h = Self::spawn(mode, args, env);
+            let client = reqwest::Client::new();
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                let up = client.get(format!("{}/healthz", h.admin)).send().await;
+                if up.is_ok_and(|r| r.status() == 200) {
+                    return h;
+                }
+                if let Ok(Some(_)) = h.child.try_wait() {
+                    if h.log_text().contains("cannot listen") {
+                        break;
+                    }
+                    panic!("herald exited at start; log:\n{}", h.log_text());
+                }
+                assert!(
+                    Instant::now() < until,
+                    "/healthz never answered; herald log:\n{}",
+                    h.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        panic!("herald could not listen on free ports three times in a row");
+    }
+
+    fn spawn(mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let (port, admin_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("herald.log");
@@ -166,15 +195,13 @@ impl Herald {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn herald");
-        let h = Herald {
+        Herald {
             child,
             url: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             log,
             _dir: dir,
-        };
-        h.wait_for("/healthz", 200).await;
-        h
+        }
     }
 
     /// `herald sidecar` against `nats`, with app id `test`.

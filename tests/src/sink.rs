@@ -47,22 +47,31 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts on a free port.
+    /// Starts on a port the kernel picks (binding port 0 leaves no window for another process
+    /// to take it first).
     pub async fn start() -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the sink");
+        let port = listener.local_addr().expect("sink address").port();
         let mut s = Sink {
-            port: crate::free_port(),
+            port,
             state: Arc::default(),
             server: None,
         };
-        s.up().await;
+        s.serve(listener);
         s
     }
 
-    /// (Re)starts listening on the sink's port.
+    /// Listens again on the sink's port (after [`Sink::down`]).
     pub async fn up(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind the sink port");
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
         let state = self.state.clone();
         self.server = Some(tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
