@@ -140,9 +140,20 @@ impl Readiness {
     }
 }
 
+/// What `/readyz` reports; the injector has its own.
+pub trait Ready: Send + Sync {
+    fn current(&self) -> ReadyState;
+}
+
+impl Ready for Readiness {
+    fn current(&self) -> ReadyState {
+        Readiness::current(self)
+    }
+}
+
 pub struct Admin {
     pub registry: Registry,
-    pub readiness: Arc<Readiness>,
+    pub readiness: Arc<dyn Ready>,
 }
 
 impl Admin {
@@ -186,10 +197,44 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: String, ct: &'static str) -> HttpResponse {
+/// A response with a text body.
+pub fn text(status: StatusCode, body: String, ct: &'static str) -> HttpResponse {
     let mut r = HttpResponse::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
     r
+}
+
+/// One `GET path` on an admin API: whether it answered 2xx; `None` when it cannot be reached.
+pub async fn get_ok(admin: std::net::SocketAddr, path: &str) -> Option<bool> {
+    let stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(header::HOST, "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    Some(send.send_request(req).await.ok()?.status().is_success())
+}
+
+/// `herald wait`: polls `/healthz` every 100 ms until it answers 200, or fails after `timeout`.
+pub async fn wait_healthy(admin: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(1), get_ok(admin, "/healthz"));
+        if let Ok(Some(true)) = attempt.await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(format!(
+                "the sidecar did not answer http://{admin}/healthz within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

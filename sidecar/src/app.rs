@@ -77,6 +77,13 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
             crate::deadletter::run(command, env).await?;
             Ok(0)
         }
+        Command::Wait(args) => {
+            let (admin, timeout) = args.resolve(env)?;
+            crate::admin::wait_healthy(admin, timeout)
+                .await
+                .map_err(AppError::Runtime)?;
+            Ok(0)
+        }
         Command::Bench {
             command: BenchCommand::Publish(args),
         } => {
@@ -141,6 +148,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
     let nats = NatsConfig {
         url: url.clone(),
         name: format!("herald-{}", cfg.app_id),
+        creds: cfg.nats_creds.clone(),
     };
     let closed = Arc::new(tokio::sync::Notify::new());
     let client = broker::connect(&nats, metrics.clone(), closed.clone())

@@ -681,7 +681,10 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), AppError> {
 
 async fn wait_ready(admin: SocketAddr) -> Result<(), AppError> {
     let until = Instant::now() + Duration::from_secs(20);
-    while !readyz_ok(admin).await.unwrap_or(false) {
+    while !crate::admin::get_ok(admin, "/readyz")
+        .await
+        .unwrap_or(false)
+    {
         if Instant::now() > until {
             return Err(AppError::Runtime(
                 "the sidecar under test did not become ready within 20 s".into(),
@@ -690,19 +693,4 @@ async fn wait_ready(admin: SocketAddr) -> Result<(), AppError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// One `GET /readyz`; `None` when the admin API cannot be reached yet.
-async fn readyz_ok(admin: SocketAddr) -> Option<bool> {
-    let stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
-    let req = http::Request::get("/readyz")
-        .header(http::header::HOST, "127.0.0.1")
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    Some(send.send_request(req).await.ok()?.status().is_success())
 }

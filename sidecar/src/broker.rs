@@ -29,6 +29,8 @@ pub struct NatsConfig {
     pub url: String,
     /// Client name shown by the server (`herald-<app id>`).
     pub name: String,
+    /// A NATS credentials file (user JWT and NKey seed).
+    pub creds: Option<String>,
 }
 
 /// Backoff between reconnect attempts: 0, then doubling from 100 ms up to 5 s, with ±20% jitter
@@ -57,7 +59,20 @@ pub async fn connect(
         .map_err(|e| {
             async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
         })?;
-    ConnectOptions::new()
+    let options = match &cfg.creds {
+        // Read once: a rotated credentials file takes effect when the sidecar restarts.
+        Some(path) => ConnectOptions::new()
+            .credentials_file(path)
+            .await
+            .map_err(|e| {
+                async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::Authentication,
+                    e,
+                )
+            })?,
+        None => ConnectOptions::new(),
+    };
+    options
         .name(&cfg.name)
         .retry_on_initial_connect()
         .max_reconnects(None)

@@ -64,6 +64,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadletterCommand,
     },
+    /// Wait until the sidecar serves its admin API (`/healthz`): the postStart hook that holds
+    /// the app back on clusters without native sidecars.
+    Wait(WaitArgs),
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -143,6 +146,9 @@ pub struct ServeArgs {
     /// nats-server binary `dev` starts [default: nats-server from PATH]
     #[arg(long)]
     pub nats_server_bin: Option<String>,
+    /// NATS credentials file (user JWT and NKey seed, as `nsc` writes it) [default: none]
+    #[arg(long)]
+    pub nats_creds: Option<String>,
     /// Port the app receives deliveries on (herald.dev/app-port)
     #[arg(long)]
     pub app_port: Option<String>,
@@ -170,6 +176,32 @@ pub struct ServeArgs {
     /// First broker redelivery delay after the local retries; doubles up to 5m [default: 5s]
     #[arg(long)]
     pub redelivery_delay: Option<String>,
+}
+
+/// `herald wait`.
+#[derive(Debug, Args, Default)]
+pub struct WaitArgs {
+    /// The sidecar's admin address; an unspecified IP (0.0.0.0) means loopback [default: 127.0.0.1:9250]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Give up (exit 1) after this long [default: 60s]
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+impl WaitArgs {
+    /// Where to ask, and for how long.
+    pub fn resolve(&self, env: &dyn Env) -> Result<(SocketAddr, Duration), ConfigError> {
+        let mut r = Resolver::new(env);
+        let addr = r.get("admin-listen", &self.admin_listen, parse_addr);
+        let timeout = r.get("timeout", &self.timeout, parse_positive_duration);
+        r.finish()?;
+        let mut addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9250)));
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok((addr, timeout.unwrap_or(Duration::from_secs(60))))
+    }
 }
 
 /// `herald run [flags] -- CMD ARGS`.
@@ -212,6 +244,8 @@ pub struct ServeConfig {
     pub publish_allow: Vec<TypeFilter>,
     pub log_format: LogFormat,
     pub nats_server_bin: String,
+    /// A NATS credentials file, checked readable at start.
+    pub nats_creds: Option<String>,
     pub namespace: String,
     /// Subscriptions and the app port, from the annotations file and the flags.
     pub pod: PodConfig,
@@ -306,6 +340,15 @@ impl ServeConfig {
         let nats_server_bin = r.get("nats-server-bin", &args.nats_server_bin, |v| {
             Ok(v.to_owned())
         });
+        let nats_creds = r.get("nats-creds", &args.nats_creds, |v| {
+            // Read now so a missing or unreadable Secret mount is a configuration error with
+            // the path, not a connect error later.
+            match std::fs::read_to_string(v) {
+                Ok(text) if text.contains("-----BEGIN NATS USER JWT-----") => Ok(v.to_owned()),
+                Ok(_) => Err("is not a NATS credentials file (no user JWT block)".into()),
+                Err(e) => Err(format!("cannot read: {e}")),
+            }
+        });
         let namespace = r
             .get("namespace", &args.namespace, parse_app_id)
             .unwrap_or_else(|| "default".into());
@@ -360,6 +403,7 @@ impl ServeConfig {
                 .unwrap_or_default(),
             log_format: log_format.unwrap_or(LogFormat::Text),
             nats_server_bin: nats_server_bin.unwrap_or_else(|| "nats-server".into()),
+            nats_creds,
             namespace,
             pod: pod.unwrap_or_default(),
             pod_source,

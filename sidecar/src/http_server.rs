@@ -1,10 +1,12 @@
 //! The accept loop both listeners share: HTTP/1.1 with keep-alive, `TCP_NODELAY` (a publish is one
 //! small request and one small response; Nagle would add tens of milliseconds), and graceful
 //! shutdown: on the drain signal stop accepting, let in-flight requests finish, close idle
-//! connections, and give up after the grace period.
+//! connections, and give up after the grace period. The injector serves HTTPS through the same
+//! loop ([`serve_with`] and a TLS handshake).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
 use crate::shutdown::Shutdown;
@@ -31,6 +34,29 @@ pub async fn serve<H, F>(
     grace: Duration,
     handler: H,
 ) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    serve_with(name, listener, shutdown, grace, plain, handler).await
+}
+
+async fn plain(stream: TcpStream) -> io::Result<TcpStream> {
+    Ok(stream)
+}
+
+/// [`serve`] with a handshake on each accepted connection (TLS in the injector). The handshake
+/// runs in the connection's own task, so a slow or hostile client never holds up the accept loop.
+pub async fn serve_with<A, AF, S, H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    grace: Duration,
+    handshake: A,
+    handler: H,
+) where
+    A: Fn(TcpStream) -> AF + Clone + Send + Sync + 'static,
+    AF: Future<Output = io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
@@ -55,9 +81,19 @@ pub async fn serve<H, F>(
                     let fut = handler(peer, req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                let handshake = handshake(stream);
+                let watcher = graceful.watcher();
+                let http = http.clone();
                 tokio::spawn(
                     async move {
+                        let stream = match handshake.await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "handshake failed");
+                                return;
+                            }
+                        };
+                        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }

@@ -35,7 +35,7 @@ use crate::subscribe::PodConfig;
 const KUBELET_DATA_LINK: &str = "..data";
 /// Changes are gathered this long before the file is read, so one kubelet swap (several events)
 /// is one reload.
-const SETTLE: Duration = Duration::from_millis(100);
+pub const SETTLE: Duration = Duration::from_millis(100);
 
 struct Running {
     live: watch::Sender<Arc<Target>>,
@@ -229,26 +229,43 @@ async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
 pub fn watch_file(
     file: &str,
 ) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>), notify::Error> {
-    let path = PathBuf::from(file);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_owned());
+    watch_files(&[PathBuf::from(file)])
+}
+
+/// [`watch_file`] for several files (the injector's certificate and key), in one or more
+/// directories.
+pub fn watch_files(
+    files: &[PathBuf],
+) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>), notify::Error> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut names: Vec<std::ffi::OsString> = vec![KUBELET_DATA_LINK.into()];
+    for path in files {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+        names.extend(path.file_name().map(|n| n.to_owned()));
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
+        // Reading the file (ours included) raises access events; only changes matter.
         if matches!(ev.kind, EventKind::Access(_)) {
             return;
         }
-        let relevant = ev.paths.iter().any(|p| {
-            let n = p.file_name();
-            n.is_some() && (n == name.as_deref() || n == Some(KUBELET_DATA_LINK.as_ref()))
-        });
+        let relevant = ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
         if relevant {
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(Path::new(&dir), RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     Ok((watcher, rx))
 }

@@ -337,33 +337,32 @@ impl Drop for Herald {
     }
 }
 
-/// A downward API volume written the way the kubelet's atomic writer does it: each version in
-/// its own timestamped directory, `..data` a symlink to the current one swapped by a rename, and
-/// `annotations` a symlink through `..data`.
+/// The downward API volume with the pod's annotations: a [`KubeletDir`] with one file,
+/// `annotations`, in the downward API's `key="value"` format.
 pub struct PodInfo {
-    dir: tempfile::TempDir,
-    version: usize,
+    dir: KubeletDir,
 }
 
 impl PodInfo {
     /// Writes the first version; `annotations` are `(key, value)` pairs.
     pub fn new(annotations: &[(&str, &str)]) -> Self {
-        let mut p = PodInfo {
-            dir: tempfile::tempdir().expect("tempdir"),
-            version: 0,
-        };
-        p.write(annotations);
-        std::os::unix::fs::symlink("..data/annotations", p.file()).expect("annotations symlink");
-        p
+        PodInfo {
+            dir: KubeletDir::new(&[("annotations", &Self::render(annotations))]),
+        }
     }
 
     /// The path the sidecar reads (`--annotations-file`).
     pub fn file(&self) -> PathBuf {
-        self.dir.path().join("annotations")
+        self.dir.path("annotations")
     }
 
     /// Swaps in a new version, as the kubelet does after `kubectl annotate`.
     pub fn write(&mut self, annotations: &[(&str, &str)]) {
+        self.dir
+            .write(&[("annotations", &Self::render(annotations))]);
+    }
+
+    fn render(annotations: &[(&str, &str)]) -> String {
         use std::fmt::Write as _;
         let mut text = String::new();
         for (k, v) in annotations {
@@ -374,12 +373,48 @@ impl PodInfo {
                 .replace('\n', "\\n");
             let _ = writeln!(text, "{k}=\"{quoted}\"");
         }
+        text
+    }
+}
+
+/// A directory written the way the kubelet writes downward API, ConfigMap and Secret volumes:
+/// each version in its own `..<timestamp>` directory, a `..data` symlink to the current one
+/// swapped by rename, and each file a symlink through `..data`.
+pub struct KubeletDir {
+    dir: tempfile::TempDir,
+    version: usize,
+}
+
+impl KubeletDir {
+    /// Writes the first version of `files` (`(name, content)` pairs).
+    pub fn new(files: &[(&str, &str)]) -> Self {
+        let mut d = KubeletDir {
+            dir: tempfile::tempdir().expect("tempdir"),
+            version: 0,
+        };
+        d.write(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), d.path(name))
+                .expect("file symlink");
+        }
+        d
+    }
+
+    /// The path a reader uses for `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Swaps in a new version with the same file names.
+    pub fn write(&mut self, files: &[(&str, &str)]) {
         self.version += 1;
         let root = self.dir.path();
         let old = std::fs::read_link(root.join("..data")).ok();
         let name = format!("..2026_11_23_00_00_00.{}", self.version);
         std::fs::create_dir(root.join(&name)).expect("version dir");
-        std::fs::write(root.join(&name).join("annotations"), text).expect("write annotations");
+        for (file, content) in files {
+            std::fs::write(root.join(&name).join(file), content).expect("write file");
+        }
         std::os::unix::fs::symlink(&name, root.join("..data_tmp")).expect("..data_tmp");
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
         if let Some(old) = old {

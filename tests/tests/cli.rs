@@ -175,3 +175,82 @@ fn run_stops_the_app_on_sigterm_and_reports_its_status() {
     assert_eq!(status.code(), Some(7));
     assert_eq!(std::fs::read_to_string(&stopped).unwrap().trim(), "term");
 }
+
+#[tokio::test]
+async fn wait_returns_once_the_sidecar_serves_and_fails_after_its_timeout() {
+    let h = Herald::start("dev", &[]).await;
+    let admin = h.admin.trim_start_matches("http://").to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        herald_output(&["wait", "--admin-listen", &admin, "--timeout", "5s"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // 0.0.0.0 (the sidecar's own default) is asked on loopback.
+    let port = h.admin.rsplit(':').next().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        herald_output(
+            &["wait", "--timeout", "5s"],
+            &[("HERALD_ADMIN_LISTEN", &format!("0.0.0.0:{port}"))],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    drop(h);
+
+    let port = herald_tests::free_port();
+    let out = herald_output(
+        &[
+            "wait",
+            "--admin-listen",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "300ms",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "did not answer http://127.0.0.1:{port}/healthz within 300ms"
+        )),
+        "{err}"
+    );
+    let out = herald_output(&["wait", "--timeout", "never"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn nats_credentials_must_be_a_readable_credentials_file() {
+    let out = herald_output(
+        &[
+            "sidecar",
+            "--app-id",
+            "a",
+            "--nats-creds",
+            "/nonexistent/nats.creds",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--nats-creds=\"/nonexistent/nats.creds\": cannot read"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.creds");
+    std::fs::write(&file, "user: alice\npassword: secret\n").unwrap();
+    let out = herald_output(
+        &["sidecar", "--app-id", "a"],
+        &[("HERALD_NATS_CREDS", file.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("HERALD_NATS_CREDS") && err.contains("not a NATS credentials file"),
+        "{err}"
+    );
+}
