@@ -1,15 +1,28 @@
 //! herald's injector: the mutating admission webhook that adds the herald sidecar to pods
-//! annotated `herald.dev/inject: "true"`.
+//! annotated `herald.dev/inject: "true"`, and the `herald-injector` binary around it.
 //!
 //! # Layout
-//! - [`mutate`]: the decision and the JSON Patch, a pure function of the pod and the injector's
-//!   configuration (sidecar container, downward API volume, `HERALD_URL`, warnings, denials).
+//! - [`mutate`]: the decision and the JSON Patch, a pure function of the pod, what was looked up
+//!   about it, and the injector's configuration (sidecar container, volumes, `HERALD_URL`,
+//!   namespace defaults, warnings, denials).
 //! - [`appid`]: the workload's app id, derived from the annotation, the owner, labels or names.
 //! - [`review`]: the `admission.k8s.io/v1` AdmissionReview envelope around `mutate`.
+//! - [`webhook`]: `POST /mutate` over HTTPS: lookups, answer, metrics and logs.
+//! - [`cluster`]: the Kubernetes API lookups (a Job's CronJob, namespace defaults, the native
+//!   sidecar probe), cached and bounded in time.
+//! - [`tls`]: rustls (ring) with a certificate reloaded when its files change.
+//! - [`config`]: flags and `HERALD_*` variables; [`metrics`]: what is measured; [`app`]:
+//!   wiring, readiness and the drain.
 //!
 //! Annotation parsing and validation is the sidecar's own
 //! ([`herald_sidecar::subscribe`]), so a pod the webhook admits is a pod the sidecar accepts.
 
+pub mod app;
 pub mod appid;
+pub mod cluster;
+pub mod config;
+pub mod metrics;
 pub mod mutate;
 pub mod review;
+pub mod tls;
+pub mod webhook;

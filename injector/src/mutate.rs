@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -39,7 +40,38 @@ pub struct InjectorConfig {
     /// sidecars), else a plain container.
     pub native_sidecar: bool,
     pub resources: ResourceRequirements,
+    /// A Secret in the pod's namespace holding a NATS credentials file for the sidecar.
+    pub nats_credentials: Option<NatsCredentials>,
 }
+
+/// A NATS credentials file (JWT and NKey seed, as `nsc` writes it) in a Secret. Secrets are
+/// namespaced, so each app namespace holds its own copy under the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsCredentials {
+    pub secret: String,
+    pub key: String,
+}
+
+/// What the webhook looked up in the cluster for this pod.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The CronJob owning the pod's Job.
+    pub cronjob: Option<String>,
+    /// The namespace's `herald.dev/*` annotations; those in [`NAMESPACE_DEFAULTS`] apply to
+    /// pods that do not set them.
+    pub namespace_annotations: BTreeMap<String, String>,
+}
+
+/// Annotations a namespace can set for all its pods. Identity and subscriptions are per
+/// workload, so `app-id`, `app-port`, `subscribe` and `subscriptions` are not among them.
+pub const NAMESPACE_DEFAULTS: [&str; 3] = [
+    subscribe::MAX_IN_FLIGHT,
+    subscribe::PATH,
+    subscribe::PUBLISH_ALLOW,
+];
+/// The volume with the NATS credentials, and where the sidecar reads them.
+pub const CREDENTIALS_VOLUME: &str = "herald-nats-credentials";
+pub const CREDENTIALS_DIR: &str = "/etc/herald/nats";
 
 impl InjectorConfig {
     /// Requests sized for a sidecar that idles at about 7 MiB; the memory limit leaves room for
@@ -66,10 +98,25 @@ pub enum Decision {
     AlreadyInjected,
     /// Asked for but impossible; allowed untouched (an outage of herald never blocks a
     /// workload), reported with the reason.
-    CannotInject(String),
+    CannotInject(NotInjected, String),
     Inject(Injection),
     /// Bad annotations: every bad key with its rule.
     Deny(String),
+}
+
+/// Why a pod that asked for the sidecar is admitted without it (a metric label).
+#[derive(
+    Debug, Clone, Copy, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum NotInjected {
+    /// No app id could be derived.
+    NoAppId,
+    /// A volume of the pod already has one of herald's names.
+    VolumeConflict,
+    /// The namespace's defaults could not be read.
+    NamespaceLookup,
+    /// No pod or no spec in the request, or the patch could not be built.
+    Malformed,
 }
 
 #[derive(Debug, Clone)]
@@ -80,24 +127,55 @@ pub struct Injection {
     pub warnings: Vec<String>,
 }
 
-/// Decides and builds the patch. `cronjob` is the CronJob owning the pod's Job, when the caller
-/// looked it up.
-pub fn mutate(pod: &Pod, cronjob: Option<&str>, cfg: &InjectorConfig) -> Decision {
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    match annotations.get(INJECT).map(|v| v.trim()) {
-        None | Some("false") => return Decision::Skip,
-        _ => {}
+/// Whether the pod asks for the sidecar at all (so the webhook makes no lookups for the rest).
+pub fn wants_injection(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INJECT))
+        .is_some_and(|v| v.trim() != "false")
+}
+
+/// Decides and builds the patch.
+pub fn mutate(pod: &Pod, ctx: &Context, cfg: &InjectorConfig) -> Decision {
+    if !wants_injection(pod) {
+        return Decision::Skip;
+    }
+    let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut inherited = Vec::new();
+    for key in NAMESPACE_DEFAULTS {
+        if let Some(v) = ctx.namespace_annotations.get(key)
+            && !annotations.contains_key(key)
+        {
+            annotations.insert(key.to_owned(), v.clone());
+            inherited.push((key, v.clone()));
+        }
     }
     // The same validation the sidecar runs, so a pod is refused at admission rather than
     // crash-looping later. An `inject` value other than true/false is reported here too.
     let pod_config = match subscribe::parse(&annotations) {
         Ok(c) => c,
         Err(errors) => {
-            return Decision::Deny(format!("herald annotations are invalid: {errors}"));
+            let problems: Vec<String> = errors
+                .0
+                .iter()
+                .map(|e| {
+                    if inherited.iter().any(|(k, _)| *k == e.key) {
+                        format!("{e} (set on namespace {namespace})")
+                    } else {
+                        e.to_string()
+                    }
+                })
+                .collect();
+            return Decision::Deny(format!(
+                "herald annotations are invalid: {}",
+                problems.join("; ")
+            ));
         }
     };
     let Some(spec) = &pod.spec else {
-        return Decision::CannotInject("the pod has no spec".into());
+        return Decision::CannotInject(NotInjected::Malformed, "the pod has no spec".into());
     };
     let init = spec.init_containers.as_deref().unwrap_or_default();
     if init
@@ -107,21 +185,23 @@ pub fn mutate(pod: &Pod, cronjob: Option<&str>, cfg: &InjectorConfig) -> Decisio
     {
         return Decision::AlreadyInjected;
     }
-    let Some(app_id) = appid::derive(&pod.metadata, cronjob) else {
+    let Some(app_id) = appid::derive(&pod.metadata, ctx.cronjob.as_deref()) else {
         return Decision::CannotInject(
+            NotInjected::NoAppId,
             "no app id: set herald.dev/app-id (the pod has no owner, name, generateName or app.kubernetes.io/name label)"
                 .into(),
         );
     };
-    if spec
+    if let Some(v) = spec
         .volumes
         .iter()
         .flatten()
-        .any(|v| v.name == PODINFO_VOLUME)
+        .find(|v| v.name == PODINFO_VOLUME || v.name == CREDENTIALS_VOLUME)
     {
-        return Decision::CannotInject(format!(
-            "the pod already has a volume named {PODINFO_VOLUME}"
-        ));
+        return Decision::CannotInject(
+            NotInjected::VolumeConflict,
+            format!("the pod already has a volume named {}", v.name),
+        );
     }
 
     let mut ops: Vec<Value> = Vec::new();
@@ -151,10 +231,26 @@ pub fn mutate(pod: &Pod, cronjob: Option<&str>, cfg: &InjectorConfig) -> Decisio
             }
         }
     }
-    let volume = serde_json::to_value(podinfo_volume()).unwrap_or(Value::Null);
-    match &spec.volumes {
-        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]})),
-        Some(_) => ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume})),
+    let mut volumes = vec![podinfo_volume()];
+    if let Some(creds) = &cfg.nats_credentials {
+        volumes.push(credentials_volume(creds));
+    }
+    for (i, volume) in volumes.iter().enumerate() {
+        let volume = serde_json::to_value(volume).unwrap_or(Value::Null);
+        if i == 0 && spec.volumes.is_none() {
+            ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+        }
+    }
+    // Namespace defaults become pod annotations, so the sidecar reads them from the downward
+    // API like the pod's own (and a later change of the namespace does not change running pods).
+    for (key, value) in &inherited {
+        ops.push(json!({
+            "op": "add",
+            "path": format!("/metadata/annotations/{}", escape_pointer(key)),
+            "value": value,
+        }));
     }
     let sidecar = serde_json::to_value(sidecar(&app_id, cfg)).unwrap_or(Value::Null);
     // First, so it is running before anything that may publish (migrations in init containers
@@ -196,7 +292,32 @@ pub fn mutate(pod: &Pod, cronjob: Option<&str>, cfg: &InjectorConfig) -> Decisio
             app_id,
             warnings,
         }),
-        Err(e) => Decision::CannotInject(format!("building the patch failed: {e}")),
+        Err(e) => Decision::CannotInject(
+            NotInjected::Malformed,
+            format!("building the patch failed: {e}"),
+        ),
+    }
+}
+
+/// A JSON Pointer token (RFC 6901): `~` is `~0` and `/` is `~1`, so `herald.dev/path` is
+/// `herald.dev~1path`.
+pub fn escape_pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn credentials_volume(creds: &NatsCredentials) -> Volume {
+    Volume {
+        name: CREDENTIALS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(creds.secret.clone()),
+            items: Some(vec![KeyToPath {
+                key: creds.key.clone(),
+                path: "nats.creds".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -245,18 +366,37 @@ fn sidecar(app_id: &AppId, cfg: &InjectorConfig) -> Container {
         failure_threshold: Some(failures),
         ..Default::default()
     };
+    let mut env_vars = vec![
+        env("HERALD_APP_ID", &app_id.id),
+        field("HERALD_NAMESPACE", "metadata.namespace"),
+        field("HERALD_POD_NAME", "metadata.name"),
+        env("HERALD_NATS_URL", &cfg.nats_url),
+        env("HERALD_LOG_FORMAT", "json"),
+    ];
+    let mut mounts = vec![VolumeMount {
+        name: PODINFO_VOLUME.into(),
+        mount_path: PODINFO_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if cfg.nats_credentials.is_some() {
+        env_vars.push(env(
+            "HERALD_NATS_CREDS",
+            &format!("{CREDENTIALS_DIR}/nats.creds"),
+        ));
+        mounts.push(VolumeMount {
+            name: CREDENTIALS_VOLUME.into(),
+            mount_path: CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(cfg.sidecar_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec!["sidecar".into()]),
-        env: Some(vec![
-            env("HERALD_APP_ID", &app_id.id),
-            field("HERALD_NAMESPACE", "metadata.namespace"),
-            field("HERALD_POD_NAME", "metadata.name"),
-            env("HERALD_NATS_URL", &cfg.nats_url),
-            env("HERALD_LOG_FORMAT", "json"),
-        ]),
+        env: Some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("herald-admin".into()),
             container_port: ADMIN_PORT,
@@ -288,13 +428,25 @@ fn sidecar(app_id: &AppId, cfg: &InjectorConfig) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: PODINFO_VOLUME.into(),
-            mount_path: PODINFO_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(mounts),
         restart_policy: cfg.native_sidecar.then(|| "Always".to_owned()),
+        // A plain container has no startup ordering of its own: the kubelet starts containers in
+        // order and waits for each postStart hook, so this hook holds the app back until the
+        // sidecar serves, as a native sidecar's startup probe does.
+        lifecycle: (!cfg.native_sidecar).then(|| Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "herald".into(),
+                        "wait".into(),
+                        "--timeout".into(),
+                        "60s".into(),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

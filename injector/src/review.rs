@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
-use crate::mutate::{Decision, InjectorConfig, mutate};
+use crate::mutate::{Context, Decision, InjectorConfig, NotInjected, mutate};
 
 /// Why a request body could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +26,24 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest<Pod>, ReviewError> {
 /// The answer to `req`, and the decision it came from (for metrics and logs).
 pub fn answer(
     req: &AdmissionRequest<Pod>,
-    cronjob: Option<&str>,
+    ctx: &Context,
     cfg: &InjectorConfig,
 ) -> (AdmissionReview<DynamicObject>, Decision) {
-    let allowed = AdmissionResponse::from(req);
     let decision = match &req.object {
-        Some(pod) => mutate(pod, cronjob, cfg),
-        None => Decision::CannotInject("the request carries no pod".into()),
+        Some(pod) => mutate(pod, ctx, cfg),
+        None => Decision::CannotInject(NotInjected::Malformed, "the request carries no pod".into()),
     };
+    respond(req, decision)
+}
+
+/// The answer for a decision already made.
+pub fn respond(
+    req: &AdmissionRequest<Pod>,
+    decision: Decision,
+) -> (AdmissionReview<DynamicObject>, Decision) {
+    let allowed = AdmissionResponse::from(req);
     let response = match &decision {
-        Decision::Skip | Decision::AlreadyInjected | Decision::CannotInject(_) => allowed,
+        Decision::Skip | Decision::AlreadyInjected | Decision::CannotInject(..) => allowed,
         Decision::Deny(message) => allowed.deny(message),
         Decision::Inject(injection) => match allowed.clone().with_patch(injection.patch.clone()) {
             Ok(mut r) => {
@@ -45,7 +53,10 @@ pub fn answer(
                 r
             }
             Err(e) => {
-                let decision = Decision::CannotInject(format!("cannot encode the patch: {e}"));
+                let decision = Decision::CannotInject(
+                    NotInjected::Malformed,
+                    format!("cannot encode the patch: {e}"),
+                );
                 return (allowed.into_review(), decision);
             }
         },

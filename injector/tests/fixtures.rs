@@ -2,28 +2,19 @@
 //! README) through the injector: the response is serialized as it goes on the wire, its patch is
 //! applied to the request's pod with json-patch, and the result is checked as a typed `Pod`.
 
+//! Every AdmissionReview captured from kube-apiserver v1.28 (tests/fixtures/admission, see its
+//! README) sent to the injector over real HTTPS, as the apiserver sends it: the response's patch
+//! is applied to the request's pod with json-patch, and the result is checked as a typed `Pod`.
+//! The Kubernetes API behind the lookups is scripted ([`MockApi::fixtures`]).
+
+mod common;
+
 use std::path::PathBuf;
 
+use common::{MockApi, Server, config, fixture};
 use herald_injector::mutate::{HERALD_URL, InjectorConfig, PODINFO_VOLUME, SIDECAR_NAME};
-use herald_injector::review;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
-
-fn config(native: bool) -> InjectorConfig {
-    InjectorConfig {
-        sidecar_image: "ghcr.io/herald/sidecar:test".into(),
-        nats_url: "nats://nats.herald-system:4222".into(),
-        native_sidecar: native,
-        resources: InjectorConfig::default_resources(),
-    }
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/admission")
-        .join(format!("{name}.json"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// The answer as the apiserver reads it.
 struct Answer {
@@ -36,15 +27,31 @@ struct Answer {
     uid_echoed: bool,
 }
 
-fn run(name: &str, native: bool) -> Answer {
-    let body = fixture(name);
-    let req = review::parse(&body).expect("a captured request parses");
-    let (resp, _) = review::answer(&req, None, &config(native));
-    let wire: Value = serde_json::from_slice(&serde_json::to_vec(&resp).unwrap()).unwrap();
+/// Sends a fixture's exact wire bytes (`raw/`) to a webhook started with `cfg`.
+async fn run_with(name: &str, cfg: InjectorConfig, api: &MockApi) -> Answer {
+    let server = Server::start(cfg, api).await;
+    let raw = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/admission/raw")
+        .join(format!("{name}.json"));
+    let body = std::fs::read(&raw).unwrap_or_else(|e| panic!("{}: {e}", raw.display()));
+    let (status, answer) = server
+        .post("/mutate?timeout=10s", "application/json", body.clone())
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    decode(&body, &answer)
+}
+
+async fn run(name: &str, native: bool) -> Answer {
+    run_with(name, config(native), &MockApi::fixtures()).await
+}
+
+/// Reads the AdmissionReview answer to `request` as the apiserver does, and applies its patch.
+fn decode(request: &[u8], answer: &[u8]) -> Answer {
+    let wire: Value = serde_json::from_slice(answer).unwrap();
     assert_eq!(wire["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(wire["kind"], "AdmissionReview");
     let r = &wire["response"];
-    let request: Value = serde_json::from_slice(&body).unwrap();
+    let request: Value = serde_json::from_slice(request).unwrap();
     let mut pod = request["request"]["object"].clone();
     let patched = !r["patch"].is_null();
     if patched {
@@ -134,14 +141,14 @@ fn assert_injected(a: &Answer, app_id: &str, native: bool) {
     }
 }
 
-#[test]
-fn controller_pods_get_the_sidecar_with_the_workload_as_app_id() {
+#[tokio::test]
+async fn controller_pods_get_the_sidecar_with_the_workload_as_app_id() {
     for native in [true, false] {
         for (name, app_id) in [
             ("a-orders", "orders"),
             ("b-ledger", "ledger"),
             ("c-report", "monthly-report"),
-            ("d-nightly-manual", "nightly-manual"),
+            ("d-nightly-manual", "nightly"),
             ("e-debug", "debug"),
             ("f-storefront", "storefront"),
             ("i-unlabelled-ns-if-sent", "stray-sent"),
@@ -149,17 +156,17 @@ fn controller_pods_get_the_sidecar_with_the_workload_as_app_id() {
             ("k-server-side-apply", "applied"),
             ("l-relay-daemonset", "relay"),
         ] {
-            let a = run(name, native);
+            let a = run(name, native).await;
             assert_injected(&a, app_id, native);
         }
     }
 }
 
-#[test]
-fn an_existing_complex_spec_is_kept() {
+#[tokio::test]
+async fn an_existing_complex_spec_is_kept() {
     let before: Value = serde_json::from_slice(&fixture("f-storefront")).unwrap();
     let before: Pod = serde_json::from_value(before["request"]["object"].clone()).unwrap();
-    let a = run("f-storefront", true);
+    let a = run("f-storefront", true).await;
     let (old, new) = (before.spec.unwrap(), a.pod.spec.clone().unwrap());
     // Init containers: the sidecar first, then `migrate` as it was plus HERALD_URL.
     let init = new.init_containers.unwrap();
@@ -187,59 +194,72 @@ fn an_existing_complex_spec_is_kept() {
     assert_eq!(a.pod.metadata, before.metadata);
 }
 
-#[test]
-fn pods_that_did_not_ask_are_left_alone() {
+#[tokio::test]
+async fn pods_that_did_not_ask_are_left_alone() {
     for name in ["g-no-inject", "m-plain"] {
-        let a = run(name, true);
+        let a = run(name, true).await;
         assert!(a.allowed && !a.patched && a.uid_echoed, "{name}");
     }
 }
 
-#[test]
-fn bad_annotations_are_denied_naming_every_key() {
-    let a = run("h-bad-annotations", true);
+#[tokio::test]
+async fn bad_annotations_are_denied_naming_every_key() {
+    let a = run("h-bad-annotations", true).await;
     assert!(!a.allowed && !a.patched && a.uid_echoed);
     for needle in ["herald.dev/app-port", "herald.dev/max-in-flight", "eighty"] {
         assert!(a.message.contains(needle), "{needle}: {}", a.message);
     }
 }
 
-#[test]
-fn a_second_pass_changes_nothing() {
-    let once = run("a-orders", true);
+#[tokio::test]
+async fn a_second_pass_changes_nothing() {
+    let once = run("a-orders", true).await;
     let mut review: Value = serde_json::from_slice(&fixture("a-orders")).unwrap();
     review["request"]["object"] = serde_json::to_value(&once.pod).unwrap();
-    let req = review::parse(&serde_json::to_vec(&review).unwrap()).unwrap();
-    let (resp, _) = review::answer(&req, None, &config(true));
-    let wire = serde_json::to_value(&resp).unwrap();
+    let server = Server::start(config(true), &MockApi::fixtures()).await;
+    let (status, answer) = server
+        .post(
+            "/mutate",
+            "application/json",
+            serde_json::to_vec(&review).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let wire: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(wire["response"]["allowed"], true);
     assert!(wire["response"]["patch"].is_null());
+    assert_eq!(
+        server.metric(
+            "herald_injector_admissions_total{outcome=\"AlreadyInjected\",dry_run=\"false\"}"
+        ),
+        1.0
+    );
 }
 
-#[test]
-fn jobs_without_native_sidecars_are_warned() {
+#[tokio::test]
+async fn jobs_without_native_sidecars_are_warned() {
     for name in ["c-report", "d-nightly-manual"] {
-        let plain = run(name, false);
+        let plain = run(name, false).await;
         assert!(
             plain.warnings.iter().any(|w| w.contains("/shutdown")),
             "{name}: {:?}",
             plain.warnings
         );
-        let native = run(name, true);
+        let native = run(name, true).await;
         assert!(!native.warnings.iter().any(|w| w.contains("/shutdown")));
     }
-    // The app id of a Job-owned pod without a CronJob comes from the Job: said so.
-    let d = run("d-nightly-manual", true);
-    assert!(d.warnings.iter().any(|w| w.contains("herald.dev/app-id")));
+    // A Job made from a CronJob takes the CronJob's name (looked up), with no warning.
+    let d = run("d-nightly-manual", true).await;
+    assert!(!d.warnings.iter().any(|w| w.contains("herald.dev/app-id")));
 }
 
 /// The whole injected pod of (a) and (f), native and plain, against files a reviewer can read.
 /// `HERALD_UPDATE_GOLDEN=1` rewrites them after an intended change.
-#[test]
-fn injected_pods_match_the_golden_files() {
+#[tokio::test]
+async fn injected_pods_match_the_golden_files() {
     for name in ["a-orders", "f-storefront"] {
         for native in [true, false] {
-            let pod = run(name, native).pod;
+            let pod = run(name, native).await.pod;
             let text = serde_json::to_string_pretty(&pod).unwrap() + "\n";
             let mode = if native { "native" } else { "plain" };
             let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -252,7 +272,18 @@ fn injected_pods_match_the_golden_files() {
             let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 panic!("{}: {e} (HERALD_UPDATE_GOLDEN=1 writes it)", path.display())
             });
-            assert_eq!(text, want, "{} differs", path.display());
+            if text != want {
+                let line = text
+                    .lines()
+                    .zip(want.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(text.lines().count().min(want.lines().count()));
+                panic!(
+                    "{} differs from line {} on (HERALD_UPDATE_GOLDEN=1 rewrites it after an intended change)",
+                    path.display(),
+                    line + 1
+                );
+            }
         }
     }
 }

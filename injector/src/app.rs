@@ -1,0 +1,233 @@
+//! Wiring of `herald-injector`: configuration, the admin and webhook listeners, native sidecar
+//! detection, certificate reload, and the drain on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use herald_sidecar::admin::{Admin, Ready, ReadyState};
+use herald_sidecar::app::init_logging;
+use herald_sidecar::config::{ConfigError, Env};
+use herald_sidecar::http_server;
+use herald_sidecar::shutdown::Shutdown;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::cluster::Cluster;
+use crate::config::{Cli, Command, Config, NativeSidecar, WebhookConfig};
+use crate::metrics::{Lookup, Metrics};
+use crate::tls::{Certificates, TlsError};
+use crate::webhook::{self, Webhook};
+
+/// Kubernetes API lookups made while answering an admission request give up after this long; the
+/// apiserver waits 10 s for the whole answer by default.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// After SIGTERM the webhook keeps serving, unready, this long: the apiserver learns that the
+/// endpoint is gone only after the endpoints controller and kube-proxy have caught up.
+const UNREADY_DELAY: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("webhook certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "the Kubernetes API client cannot be configured (in a pod it uses the service account): {0}"
+    )]
+    Kube(String),
+    #[error("cannot listen on {flag}={addr}: {source}")]
+    Listen {
+        flag: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl InjectorError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InjectorError::Config(_) | InjectorError::Tls(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// `/readyz` of the injector: ready once the webhook serves, unready again when draining.
+#[derive(Default)]
+struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Ready for Readiness {
+    fn current(&self) -> ReadyState {
+        if self.ready.load(Ordering::Relaxed) {
+            ReadyState {
+                ready: true,
+                reason: "ready".into(),
+            }
+        } else {
+            ReadyState {
+                ready: false,
+                reason: "starting or shutting down".into(),
+            }
+        }
+    }
+}
+
+pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), InjectorError> {
+    match cli.command {
+        Some(Command::Crd) => {
+            // The EventStream CRD arrives with the stream controller; an empty YAML stream is a
+            // valid (empty) `kubectl apply -f -` input meanwhile.
+            println!(
+                "# herald-injector {}: no CRDs yet",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        None => run(Config::resolve(&cli.serve, env)?).await,
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains.
+pub async fn run(cfg: Config) -> Result<(), InjectorError> {
+    init_logging(cfg.log_format);
+    // Only ring is compiled in; installing it makes that explicit for every rustls user
+    // (the webhook server and the kube client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .map_err(|e| InjectorError::Runtime(format!("cannot watch signals: {e}")))?;
+    let readiness = Arc::new(Readiness::default());
+    let admin_listener = bind("--admin-listen", cfg.admin_listen).await?;
+    let admin = Arc::new(Admin {
+        registry,
+        readiness: readiness.clone(),
+    });
+    let admin_stop = Shutdown::new();
+    let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
+    tracing::info!(addr = %admin_addr, "admin API listening");
+    let admin_task = tokio::spawn(http_server::serve(
+        "admin",
+        admin_listener,
+        admin_stop.clone(),
+        Duration::from_secs(1),
+        move |_peer, req| admin.clone().handle(req),
+    ));
+
+    let webhook_stop = Shutdown::new();
+    let webhook_task = match cfg.webhook {
+        Some(w) => Some(
+            start_webhook(
+                w,
+                metrics.clone(),
+                &shutdown,
+                &webhook_stop,
+                cfg.shutdown_grace,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    readiness.ready.store(true, Ordering::Relaxed);
+    tracing::info!("ready");
+
+    shutdown.wait().await;
+    readiness.ready.store(false, Ordering::Relaxed);
+    if let Some(task) = webhook_task {
+        tokio::time::sleep(UNREADY_DELAY.min(cfg.shutdown_grace)).await;
+        webhook_stop.trigger();
+        let _ = task.await;
+    }
+    admin_stop.trigger();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_webhook(
+    w: WebhookConfig,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+    stop: &Shutdown,
+    grace: Duration,
+) -> Result<tokio::task::JoinHandle<()>, InjectorError> {
+    let certs = Certificates::load(&w.cert_file, &w.key_file)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| InjectorError::Kube(e.to_string()))?;
+    let namespace = client.default_namespace().to_owned();
+    let cluster = Cluster::new(client, LOOKUP_TIMEOUT);
+    let native = match w.native_sidecar {
+        NativeSidecar::Always => true,
+        NativeSidecar::Never => false,
+        NativeSidecar::Auto => detect_native(&cluster, &namespace, &w, &metrics).await,
+    };
+    metrics.native_sidecar.set(i64::from(native));
+    let mut config = w.injector;
+    config.native_sidecar = native;
+    let listener = bind("--webhook-listen", w.listen).await?;
+    let addr = listener.local_addr().unwrap_or(w.listen);
+    tracing::info!(%addr, native_sidecar = native, image = %config.sidecar_image, "webhook listening (HTTPS)");
+    let webhook = Arc::new(Webhook {
+        config,
+        cluster,
+        metrics: metrics.clone(),
+    });
+    // Checked here so a configuration error stops the start, not the server task.
+    certs.server_config()?;
+    tokio::spawn(certs.clone().watch(metrics, shutdown.clone()));
+    let stop = stop.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = webhook::serve(listener, certs, webhook, stop, grace).await {
+            tracing::error!(error = %e, "the webhook stopped");
+        }
+    }))
+}
+
+/// `--native-sidecar=auto`: three tries a few seconds apart; when the apiserver cannot be asked,
+/// plain containers, which work on every cluster (with a `postStart` wait for ordering).
+async fn detect_native(
+    cluster: &Cluster,
+    namespace: &str,
+    w: &WebhookConfig,
+    metrics: &Metrics,
+) -> bool {
+    for attempt in 1..=3 {
+        match cluster
+            .supports_native_sidecars(namespace, &w.injector.sidecar_image)
+            .await
+        {
+            Ok(native) => {
+                tracing::info!(native, %namespace, "native sidecar support detected with a dry-run probe pod");
+                return native;
+            }
+            Err(e) => {
+                metrics.lookup_failed(Lookup::NativeSidecarProbe);
+                tracing::warn!(attempt, %namespace, error = %e, "the native sidecar probe failed");
+            }
+        }
+        if attempt < 3 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    tracing::warn!(
+        "native sidecar support unknown: injecting plain containers (set --native-sidecar=true or false to decide)"
+    );
+    false
+}
+
+async fn bind(
+    flag: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, InjectorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| InjectorError::Listen { flag, addr, source })
+}

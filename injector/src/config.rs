@@ -1,0 +1,424 @@
+//! `herald-injector`'s command line. Every flag can also come from `HERALD_<FLAG>` (upper case,
+//! `-` to `_`); a flag wins over its variable. Values are parsed by the sidecar's own
+//! [`Resolver`], so both binaries report bad settings the same way: all problems on one line,
+//! each naming its setting, exit status 64.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use herald_sidecar::config::{
+    ConfigError, Env, LogFormat, Resolver, parse_addr, parse_duration, parse_nats_url,
+};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::mutate::{InjectorConfig, NatsCredentials};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-injector",
+    version,
+    about = "herald's control plane: the admission webhook that injects the herald sidecar",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML (none yet: the EventStream CRD comes with the
+    /// stream controller).
+    Crd,
+}
+
+/// Values stay strings here and are parsed in [`Config::resolve`], so flags and variables share
+/// one parser and one error format.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// HTTPS address of the webhook [default: 0.0.0.0:8443]
+    #[arg(long)]
+    pub webhook_listen: Option<String>,
+    /// PEM certificate chain of the webhook, reloaded when it changes [default: /etc/herald/tls/tls.crt]
+    #[arg(long)]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of the webhook, reloaded when it changes [default: /etc/herald/tls/tls.key]
+    #[arg(long)]
+    pub tls_key_file: Option<String>,
+    /// Health and metrics address (plain HTTP) [default: 0.0.0.0:9250]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Image of the injected sidecar (required with the webhook)
+    #[arg(long)]
+    pub sidecar_image: Option<String>,
+    /// NATS server(s) the sidecars connect to, comma-separated (required with the webhook)
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Secret in each app namespace holding a NATS credentials file, `NAME` or `NAME/KEY`
+    /// [default key: nats.creds; default: no credentials]
+    #[arg(long)]
+    pub nats_credentials_secret: Option<String>,
+    /// Sidecar as a native sidecar (init container with restartPolicy Always): auto, true, false
+    /// [default: auto, detected with a server-side dry run]
+    #[arg(long)]
+    pub native_sidecar: Option<String>,
+    /// Serve the admission webhook: true or false [default: true]
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Run the stream controller: true or false [default: false; not in this build yet]
+    #[arg(long)]
+    pub controller: Option<String>,
+    /// Sidecar CPU request [default: 10m]
+    #[arg(long)]
+    pub sidecar_cpu_request: Option<String>,
+    /// Sidecar CPU limit [default: none]
+    #[arg(long)]
+    pub sidecar_cpu_limit: Option<String>,
+    /// Sidecar memory request [default: 32Mi]
+    #[arg(long)]
+    pub sidecar_memory_request: Option<String>,
+    /// Sidecar memory limit [default: 128Mi]
+    #[arg(long)]
+    pub sidecar_memory_limit: Option<String>,
+    /// Time to finish open requests after SIGTERM [default: 15s]
+    #[arg(long)]
+    pub shutdown_grace: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// Whether the sidecar is a native sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeSidecar {
+    /// Ask the apiserver at start (a server-side dry run of a probe pod).
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub webhook: Option<WebhookConfig>,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub native_sidecar: NativeSidecar,
+    /// `native_sidecar` is filled in at start (from the flag or the probe).
+    pub injector: InjectorConfig,
+}
+
+impl Config {
+    pub fn resolve(args: &ServeArgs, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut r = Resolver::new(env);
+        let webhook_listen = r.get("webhook-listen", &args.webhook_listen, parse_addr);
+        let cert_file = r.get("tls-cert-file", &args.tls_cert_file, parse_path);
+        let key_file = r.get("tls-key-file", &args.tls_key_file, parse_path);
+        let admin_listen = r.get("admin-listen", &args.admin_listen, parse_addr);
+        let sidecar_image = r.get("sidecar-image", &args.sidecar_image, parse_image);
+        let nats_url = r.get("nats-url", &args.nats_url, parse_nats_url);
+        let credentials = r.get(
+            "nats-credentials-secret",
+            &args.nats_credentials_secret,
+            parse_secret_ref,
+        );
+        let native = r.get("native-sidecar", &args.native_sidecar, |v| match v {
+            "auto" => Ok(NativeSidecar::Auto),
+            "true" => Ok(NativeSidecar::Always),
+            "false" => Ok(NativeSidecar::Never),
+            _ => Err("must be `auto`, `true` or `false`".into()),
+        });
+        let webhook = r.get("webhook", &args.webhook, parse_bool).unwrap_or(true);
+        let controller = r
+            .get("controller", &args.controller, parse_bool)
+            .unwrap_or(false);
+        let mut quantity = |flag: &str, cli: &Option<String>, default: Option<&str>| {
+            r.get(flag, cli, parse_quantity)
+                .or_else(|| default.map(|d| Quantity(d.to_owned())))
+        };
+        let cpu_request = quantity(
+            "sidecar-cpu-request",
+            &args.sidecar_cpu_request,
+            Some("10m"),
+        );
+        let cpu_limit = quantity("sidecar-cpu-limit", &args.sidecar_cpu_limit, None);
+        let memory_request = quantity(
+            "sidecar-memory-request",
+            &args.sidecar_memory_request,
+            Some("32Mi"),
+        );
+        let memory_limit = quantity(
+            "sidecar-memory-limit",
+            &args.sidecar_memory_limit,
+            Some("128Mi"),
+        );
+        let shutdown_grace = r.get("shutdown-grace", &args.shutdown_grace, parse_duration);
+        let log_format = r.get("log-format", &args.log_format, |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be `text` or `json`".into()),
+        });
+        if controller {
+            r.fail(
+                "--controller=true (HERALD_CONTROLLER): the stream controller is not in this build yet; the streams are created by `herald dev` or by hand".into(),
+            );
+        }
+        if !webhook && !controller {
+            r.fail("--webhook and --controller are both false: nothing to run".into());
+        }
+        let webhook = if webhook {
+            let image = sidecar_image.or_else(|| {
+                r.fail("--sidecar-image (HERALD_SIDECAR_IMAGE): required with the webhook: the image of the herald sidecar".into());
+                None
+            });
+            let url = nats_url.or_else(|| {
+                r.fail("--nats-url (HERALD_NATS_URL): required with the webhook: the NATS URL the sidecars connect to, such as nats://nats.nats:4222".into());
+                None
+            });
+            let pairs = |cpu: Option<Quantity>, memory: Option<Quantity>| {
+                [("cpu", cpu), ("memory", memory)]
+                    .into_iter()
+                    .filter_map(|(k, q)| Some((k.to_owned(), q?)))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            let requests = pairs(cpu_request, memory_request);
+            let limits = pairs(cpu_limit, memory_limit);
+            image
+                .zip(url)
+                .map(|(sidecar_image, nats_url)| WebhookConfig {
+                    listen: webhook_listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
+                    cert_file: cert_file.unwrap_or_else(|| "/etc/herald/tls/tls.crt".into()),
+                    key_file: key_file.unwrap_or_else(|| "/etc/herald/tls/tls.key".into()),
+                    native_sidecar: native.unwrap_or(NativeSidecar::Auto),
+                    injector: InjectorConfig {
+                        sidecar_image,
+                        nats_url,
+                        native_sidecar: false,
+                        resources: ResourceRequirements {
+                            requests: (!requests.is_empty()).then_some(requests),
+                            limits: (!limits.is_empty()).then_some(limits),
+                            ..Default::default()
+                        },
+                        nats_credentials: credentials,
+                    },
+                })
+        } else {
+            None
+        };
+        r.finish()?;
+        Ok(Config {
+            webhook,
+            admin_listen: admin_listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9250))),
+            shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(15)),
+            log_format: log_format.unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("must be `true` or `false`".into()),
+    }
+}
+
+fn parse_path(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() {
+        Err("must be a file path".into())
+    } else {
+        Ok(PathBuf::from(v))
+    }
+}
+
+/// An image reference as the kubelet takes it; only what is surely wrong is refused.
+fn parse_image(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("must be an image reference such as ghcr.io/org/herald:0.1.0".into())
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+/// `NAME` or `NAME/KEY`: a Secret name is a DNS subdomain, a key is `[-._a-zA-Z0-9]+`.
+fn parse_secret_ref(v: &str) -> Result<NatsCredentials, String> {
+    let (name, key) = v.split_once('/').unwrap_or((v, "nats.creds"));
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !name_ok {
+        return Err(format!(
+            "`{name}` is not a Secret name (lower-case letters, digits, `-` and `.`)"
+        ));
+    }
+    let key_ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !key_ok {
+        return Err(format!(
+            "`{key}` is not a Secret key (letters, digits, `-`, `.` and `_`)"
+        ));
+    }
+    Ok(NatsCredentials {
+        secret: name.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+/// A Kubernetes resource quantity: a decimal number with an optional suffix (`m`, `k`, `M`, `G`,
+/// `Ki`, `Mi`, `Gi`, …, or an exponent `e3`). The apiserver would refuse the pod otherwise, so
+/// the injector refuses to start instead.
+pub fn parse_quantity(v: &str) -> Result<Quantity, String> {
+    let err = || "must be a Kubernetes quantity such as 100m, 64Mi or 1".to_string();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(v.len());
+    let (num, suffix) = v.split_at(split);
+    let num = num.strip_prefix('+').unwrap_or(num);
+    if num.starts_with('-') {
+        return Err(err());
+    }
+    let digits_ok = !num.is_empty()
+        && num.matches('.').count() <= 1
+        && num.bytes().any(|b| b.is_ascii_digit())
+        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+    });
+    if digits_ok && suffix_ok {
+        Ok(Quantity(v.to_owned()))
+    } else {
+        Err(err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_variables() {
+        let args = ServeArgs {
+            sidecar_image: Some("img:1".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(
+            &args,
+            &env(&[
+                ("HERALD_NATS_URL", "nats://nats.nats:4222"),
+                ("HERALD_SIDECAR_IMAGE", "ignored:0"),
+                ("HERALD_NATIVE_SIDECAR", "false"),
+                ("HERALD_NATS_CREDENTIALS_SECRET", "nats-user/user.creds"),
+            ]),
+        )
+        .unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!(w.injector.sidecar_image, "img:1", "the flag wins");
+        assert_eq!(w.injector.nats_url, "nats://nats.nats:4222");
+        assert_eq!(w.native_sidecar, NativeSidecar::Never);
+        assert_eq!(w.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(w.cert_file, PathBuf::from("/etc/herald/tls/tls.crt"));
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9250");
+        let creds = w.injector.nats_credentials.unwrap();
+        assert_eq!(
+            (creds.secret.as_str(), creds.key.as_str()),
+            ("nats-user", "user.creds")
+        );
+        let res = w.injector.resources;
+        assert_eq!(res.requests.unwrap()["memory"], Quantity("32Mi".into()));
+        assert_eq!(
+            res.limits.as_ref().unwrap()["memory"],
+            Quantity("128Mi".into())
+        );
+        assert!(!res.limits.unwrap().contains_key("cpu"));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let args = ServeArgs {
+            webhook_listen: Some("8443".into()),
+            native_sidecar: Some("maybe".into()),
+            sidecar_memory_limit: Some("lots".into()),
+            nats_credentials_secret: Some("Bad_Name".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&args, &env(&[])).unwrap_err().to_string();
+        for needle in [
+            "--webhook-listen=\"8443\": must be an IP address and port",
+            "--native-sidecar=\"maybe\": must be `auto`, `true` or `false`",
+            "--sidecar-memory-limit=\"lots\": must be a Kubernetes quantity",
+            "--nats-credentials-secret=\"Bad_Name\": `Bad_Name` is not a Secret name",
+            "--sidecar-image (HERALD_SIDECAR_IMAGE): required with the webhook",
+            "--nats-url (HERALD_NATS_URL): required with the webhook",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
+        let e = Config::resolve(
+            &ServeArgs {
+                webhook: Some("false".into()),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nothing to run"), "{e}");
+        let e = Config::resolve(
+            &ServeArgs {
+                controller: Some("true".into()),
+                ..Default::default()
+            },
+            &env(&[
+                ("HERALD_SIDECAR_IMAGE", "i"),
+                ("HERALD_NATS_URL", "nats://n:4222"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not in this build yet"), "{e}");
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in [
+            "1", "100m", "0.5", "64Mi", "1Gi", "1e3", "2E-2", "+1", "1.5k",
+        ] {
+            assert!(parse_quantity(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-1", "Mi", "1.2.3", "10mb", "1e", "lots", "1 Gi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The `herald-injector` binary: exit 64 on bad configuration, and a whole run against a scripted
+//! Kubernetes API (plain HTTP, reached through a kubeconfig): native sidecar detection, HTTPS
+//! admission, metrics, readiness and the SIGTERM drain.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Conn, Pki, fixture};
+use http_body_util::{BodyExt as _, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald-injector");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("herald-injector runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_every_setting() {
+    let (code, _, err) = run(&[
+        "--native-sidecar=sometimes",
+        "--webhook-listen=localhost",
+        "--sidecar-cpu-request=fast",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    for needle in [
+        "--native-sidecar=\"sometimes\"",
+        "--webhook-listen=\"localhost\"",
+        "--sidecar-cpu-request=\"fast\"",
+        "--sidecar-image (HERALD_SIDECAR_IMAGE): required",
+        "--nats-url (HERALD_NATS_URL): required",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    let (code, _, err) = run(&[
+        "--sidecar-image=img:1",
+        "--nats-url=nats://nats:4222",
+        "--tls-cert-file=/nonexistent/tls.crt",
+        "--tls-key-file=/nonexistent/tls.key",
+        "--admin-listen=127.0.0.1:0",
+        "--webhook-listen=127.0.0.1:0",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent/tls.crt: cannot read"), "{err}");
+
+    let (code, _, err) = run(&["--no-such-flag"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[test]
+fn crd_prints_yaml() {
+    let (code, out, _) = run(&["crd"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("# herald-injector"), "{out}");
+}
+
+/// A Kubernetes API on plain HTTP: the dry-run probe keeps `restartPolicy` (a cluster with native
+/// sidecars), namespaces have no herald defaults.
+async fn start_api() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let (code, value) = match (method.as_str(), path.as_str()) {
+                    ("POST", "/api/v1/namespaces/herald-system/pods") => {
+                        let mut pod: Value = serde_json::from_slice(&body).unwrap();
+                        pod["metadata"]["name"] = json!("herald-native-sidecar-probe-abcde");
+                        (201, pod)
+                    }
+                    ("GET", p) if p.starts_with("/api/v1/namespaces/") => (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+                    ),
+                    _ => common::not_found(&path),
+                };
+                let resp = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&value).unwrap())))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// Finds `key=<addr>` in a log line.
+fn addr_in(line: &str, message: &str) -> Option<SocketAddr> {
+    if !line.contains(message) {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr=")?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_run_detects_native_sidecars_injects_over_https_and_drains_on_sigterm() {
+    let api = start_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://{api}\nusers:\n- name: mock\n  user:\n    token: test\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: herald-system\ncurrent-context: mock\n"
+        ),
+    )
+    .unwrap();
+    let pki = Pki::new("herald test CA");
+    let (cert, key) = pki.issue("herald-injector.herald-system.svc");
+    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HERALD_SIDECAR_IMAGE", "ghcr.io/herald/sidecar:test")
+        .env("HERALD_NATS_URL", "nats://nats.nats:4222")
+        .args([
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("tls.key"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("injector: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let (mut webhook, mut admin, mut native) = (None, None, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while webhook.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the injector logs both addresses");
+        admin = admin.or(addr_in(&line, "admin API listening"));
+        if let Some(a) = addr_in(&line, "webhook listening") {
+            native = line.contains("native_sidecar=true");
+            webhook = Some(a);
+        }
+    }
+    let (webhook, admin) = (webhook.unwrap(), admin.unwrap());
+    assert!(native, "the probe found native sidecars");
+    while herald_sidecar::admin::get_ok(admin, "/readyz").await != Some(true) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut conn = Conn::open(webhook, &pki.ca).await;
+    let (code, body) = conn
+        .post(
+            "/mutate?timeout=10s",
+            "application/json",
+            fixture("a-orders"),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let wire: Value = serde_json::from_slice(&body).unwrap();
+    let bytes: Vec<u8> = serde_json::from_value(wire["response"]["patch"].clone()).unwrap();
+    let patch = String::from_utf8(bytes).unwrap();
+    assert!(patch.contains("\"/spec/initContainers\""), "{patch}");
+    assert!(patch.contains("\"restartPolicy\":\"Always\""), "{patch}");
+
+    let metrics = metrics(admin).await;
+    assert!(
+        metrics.contains("herald_injector_native_sidecar 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_injector_injections_total 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM: unready at once, still answering while the endpoint is being removed, then gone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let unready_by = Instant::now() + Duration::from_secs(2);
+    while herald_sidecar::admin::get_ok(admin, "/readyz").await != Some(false) {
+        assert!(Instant::now() < unready_by, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _) = conn
+        .post("/mutate", "application/json", fixture("a-orders"))
+        .await;
+    assert_eq!(code, 200, "answers during the unready delay");
+    let exit_by = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < exit_by, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
