@@ -132,6 +132,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
                 bin,
                 port: None,
                 store_dir: None,
+                config: None,
             };
             let server = tokio::task::spawn_blocking(move || NatsServer::start(&opts))
                 .await

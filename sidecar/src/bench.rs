@@ -474,6 +474,7 @@ async fn bench_nats(
                     bin,
                     port: None,
                     store_dir: None,
+                    config: None,
                 })
             })
             .await

@@ -15,6 +15,9 @@ pub struct NatsServerOptions {
     pub port: Option<u16>,
     /// `None` uses a temporary directory removed on drop.
     pub store_dir: Option<PathBuf>,
+    /// A configuration file (`-c`), for what has no flag (operator mode in the auth tests); the
+    /// flags above win over it.
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
     bin: PathBuf,
+    config: Option<PathBuf>,
     // Holds the store (unless given), the ports file and the log; removed on drop.
     tmp: tempfile::TempDir,
 }
@@ -67,13 +71,20 @@ impl NatsServer {
             .store_dir
             .clone()
             .unwrap_or_else(|| tmp.path().join("store"));
-        let (child, port) = launch(&opts.bin, opts.port, &store_dir, tmp.path())?;
+        let (child, port) = launch(
+            &opts.bin,
+            opts.port,
+            &store_dir,
+            opts.config.as_deref(),
+            tmp.path(),
+        )?;
         Ok(NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store_dir,
             bin: opts.bin.clone(),
+            config: opts.config.clone(),
             tmp,
         })
     }
@@ -124,7 +135,13 @@ impl NatsServer {
     /// [`stop`](Self::stop)).
     pub fn restart(&mut self) -> Result<(), NatsdError> {
         self.kill();
-        let (child, _) = launch(&self.bin, Some(self.port), &self.store_dir, self.tmp.path())?;
+        let (child, _) = launch(
+            &self.bin,
+            Some(self.port),
+            &self.store_dir,
+            self.config.as_deref(),
+            self.tmp.path(),
+        )?;
         self.child = child;
         Ok(())
     }
@@ -142,13 +159,18 @@ fn launch(
     bin: &Path,
     port: Option<u16>,
     store_dir: &Path,
+    config: Option<&Path>,
     tmp: &Path,
 ) -> Result<(Child, u16), NatsdError> {
     let ports_dir = tmp.join(format!("ports-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&ports_dir)?;
     let log = tmp.join("nats-server.log");
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
+    let mut child = command
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(store_dir)
         .arg("--ports_file_dir")

@@ -27,6 +27,11 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// With a configuration file (`nats-server -c`).
+    pub fn start_with_config(config: Option<PathBuf>) -> Self {
         let name =
             std::env::var("HERALD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let bin = find_binary(&name).unwrap_or_else(|e| panic!("{e}"));
@@ -34,6 +39,7 @@ impl Nats {
             bin,
             port: None,
             store_dir: None,
+            config,
         })
         .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
         Nats { server }
