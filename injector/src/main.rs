@@ -2,26 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use herald_injector::config::Cli;
-use herald_sidecar::config::ProcessEnv;
+use herald_sidecar::config::{ProcessEnv, parse_command_line};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_command_line() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(64);
-        }
+        Err(status) => return ExitCode::from(status),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

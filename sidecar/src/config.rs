@@ -13,6 +13,18 @@ use crate::filter::TypeFilter;
 use crate::streams::{DLQ_STREAM, EVENTS_STREAM};
 use crate::subscribe::{self, PodConfig};
 
+/// Parses the command line of `herald` or `herald-injector`. On `--help` or `--version` it
+/// prints and returns `Err(0)`; on misuse it prints the error and returns `Err(64)`.
+pub fn parse_command_line<C: Parser>() -> Result<C, u8> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+            _ => 64,
+        }
+    })
+}
+
 /// Where environment variables come from.
 pub trait Env {
     fn var(&self, key: &str) -> Option<String>;

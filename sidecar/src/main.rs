@@ -2,25 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use herald_sidecar::config::{Cli, Command, ProcessEnv};
+use herald_sidecar::config::{Cli, Command, ProcessEnv, parse_command_line};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_command_line() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(64);
-        }
+        Err(status) => return ExitCode::from(status),
     };
     // The sidecar runs on one thread: a publish is mostly waiting on two sockets, and one thread
     // avoids cross-thread wake-ups and allocator contention (docs/BENCHMARKS.md has the numbers).
