@@ -211,6 +211,60 @@ async fn bad_annotations_are_denied_naming_every_key() {
     }
 }
 
+/// A filter that does not parse denies the pod, with the CESQL error and its column; a good one
+/// is admitted (and injected).
+#[tokio::test]
+async fn filters_are_checked_at_admission() {
+    let server = Server::start(config(true), &MockApi::fixtures()).await;
+    let mut answers = Vec::new();
+    for (key, value) in [
+        ("herald.dev/filter", "type = 'a' AND region LIKE eu"),
+        (
+            "herald.dev/subscriptions",
+            "- type: order.created.v1\n  filters: [{sql: \"INT(amount) >\"}]\n",
+        ),
+        (
+            "herald.dev/filter",
+            "region IN ('eu', 'us') AND INT(amount) > 100",
+        ),
+    ] {
+        let mut review: Value = serde_json::from_slice(&fixture("a-orders")).unwrap();
+        let annotations = &mut review["request"]["object"]["metadata"]["annotations"];
+        if key == "herald.dev/subscriptions" {
+            // One form or the other.
+            annotations
+                .as_object_mut()
+                .unwrap()
+                .remove("herald.dev/subscribe");
+        }
+        annotations[key] = Value::from(value);
+        let (status, answer) = server
+            .post(
+                "/mutate",
+                "application/json",
+                serde_json::to_vec(&review).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let wire: Value = serde_json::from_slice(&answer).unwrap();
+        answers.push(wire["response"].clone());
+    }
+    assert_eq!(answers[0]["allowed"], false);
+    assert_eq!(
+        answers[0]["status"]["message"],
+        "herald annotations are invalid: herald.dev/filter: is not a valid CESQL expression: \
+         column 28: LIKE needs a string literal pattern, found `eu`"
+    );
+    assert_eq!(answers[1]["allowed"], false);
+    assert_eq!(
+        answers[1]["status"]["message"],
+        "herald annotations are invalid: herald.dev/subscriptions: entry 1 (type \"order.created.v1\"): \
+         filters[0].sql: is not a valid CESQL expression: column 14: expected a value, found the end of the expression"
+    );
+    assert_eq!(answers[2]["allowed"], true);
+    assert!(!answers[2]["patch"].is_null(), "{}", answers[2]);
+}
+
 #[tokio::test]
 async fn a_second_pass_changes_nothing() {
     let once = run("a-orders", true).await;

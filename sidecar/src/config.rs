@@ -170,6 +170,9 @@ pub struct ServeArgs {
     /// HTTP path deliveries go to (herald.dev/path) [default: /]
     #[arg(long)]
     pub path: Option<String>,
+    /// CESQL condition events must meet to be delivered, for every subscription (herald.dev/filter)
+    #[arg(long)]
+    pub filter: Option<String>,
     /// Deliveries in flight per subscription, across replicas (herald.dev/max-in-flight) [default: 10]
     #[arg(long)]
     pub max_in_flight: Option<String>,
@@ -453,6 +456,7 @@ impl PodSource {
             ("app-port", subscribe::APP_PORT, &args.app_port),
             ("subscribe", subscribe::SUBSCRIBE, &args.subscribe),
             ("path", subscribe::PATH, &args.path),
+            ("filter", subscribe::FILTER, &args.filter),
             (
                 "max-in-flight",
                 subscribe::MAX_IN_FLIGHT,

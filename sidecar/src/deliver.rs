@@ -6,6 +6,9 @@
 //! are (they are already in the HTTP binding's encoding), with `content-type`, `traceparent`,
 //! `tracestate` and `herald-delivery-attempt`.
 //!
+//! Before a slot is taken, the event is checked against the subscription's attribute filters
+//! ([`crate::attrfilter`]); one that does not pass is acknowledged without delivery and counted.
+//!
 //! Outcomes: `2xx` acks. `429`, `503`, other `5xx`, `404`, `408`, `409`, network errors and timeouts
 //! are retried; `429`/`503` honour `Retry-After`. Other `4xx` are permanent and dead-lettered at once.
 //! Retries follow one budget (`max_attempts`) over two levels: a few quick local attempts with
@@ -30,9 +33,11 @@ use rand::Rng as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use crate::attrfilter;
 use crate::consumer::{self, Subscriber};
 use crate::metrics::{
-    AttemptLabels, AttemptResult, DeliveryOutcome, Metrics, OutcomeLabels, SubscriptionLabels,
+    AttemptLabels, AttemptResult, DeliveryOutcome, FilterErrorLabels, Metrics, OutcomeLabels,
+    SubscriptionLabels,
 };
 use crate::shutdown::Shutdown;
 use crate::subject::{EVENT_PREFIX, encode_token_into};
@@ -189,6 +194,33 @@ impl Deliverer {
                 outcome,
             })
             .inc();
+    }
+
+    /// Whether the event passes the subscription's attribute filters. A filter that cannot be
+    /// evaluated on it (a missing attribute, a failed cast) is no match, and is counted by kind.
+    fn passes(&self, sub: &Subscription, msg: &Message) -> bool {
+        if sub.filters.is_empty() {
+            return true;
+        }
+        let empty = async_nats::HeaderMap::new();
+        let headers = msg.headers.as_ref().unwrap_or(&empty);
+        let mut error = None;
+        let pass = attrfilter::matches_all(
+            &sub.filters,
+            &attrfilter::StoredAttributes(headers),
+            &mut error,
+        );
+        if let Some(kind) = error {
+            tracing::debug!(subscription = %sub.filter, %kind, "a filter could not be evaluated on an event");
+            self.metrics
+                .filter_errors
+                .get_or_create(&FilterErrorLabels {
+                    subscription: sub.filter.to_string(),
+                    kind: kind.as_str().to_owned(),
+                })
+                .inc();
+        }
+        pass
     }
 
     /// One HTTP request to the app.
@@ -504,6 +536,14 @@ impl Deliverer {
                         break;
                     }
                     Some(Ok(msg)) => {
+                        // Filtered here, before a slot is taken, so dropped events cost no task.
+                        if !self.passes(&target.sub, &msg) {
+                            self.count(&target.sub, DeliveryOutcome::Filtered);
+                            if let Err(e) = msg.ack().await {
+                                tracing::warn!(error = %e, "ack of a filtered event failed; it will be filtered again");
+                            }
+                            continue;
+                        }
                         let (this, target, stop) = (self.clone(), target.clone(), stop.clone());
                         let (active, freed, in_flight) =
                             (active.clone(), freed.clone(), in_flight.clone());

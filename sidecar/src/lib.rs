@@ -18,6 +18,8 @@
 //! - [`subscribe`]: the annotation contract (keys, defaults, validation, the downward API file),
 //!   shared with the injector.
 //! - [`consumer`]: one durable pull consumer per (namespace, app id, filter).
+//! - [`attrfilter`]: attribute filters (the Subscriptions API dialects and CESQL), checked on
+//!   each event before delivery.
 //! - [`deliver`]: pull within max in flight, HTTP delivery (binary or structured), retry budget,
 //!   dead letters, drain.
 //! - [`live`]: the running subscriptions, and hot reload of the annotations file.
@@ -32,6 +34,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod attrfilter;
 pub mod bench;
 pub mod broker;
 pub mod buffer;

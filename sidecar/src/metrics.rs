@@ -85,6 +85,8 @@ pub enum DeliveryOutcome {
     DeadLettered,
     /// Dropped because dead letters are off for the subscription.
     Dropped,
+    /// Acknowledged without delivery: the event did not pass the subscription's filters.
+    Filtered,
 }
 
 /// A subscription, by its filter. Filters come from the pod's configuration, not from events, so
@@ -104,6 +106,14 @@ pub struct AttemptLabels {
 pub struct OutcomeLabels {
     pub subscription: String,
     pub outcome: DeliveryOutcome,
+}
+
+/// A filter that could not be evaluated on an event (so the event did not pass), by CESQL error
+/// kind (`missingAttribute`, `cast`, `math`, `functionEvaluation`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterErrorLabels {
+    pub subscription: String,
+    pub kind: String,
 }
 
 /// What a change of the annotations file came to.
@@ -135,6 +145,7 @@ pub struct Metrics {
     pub deliveries_in_flight: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub consumer_pending: Family<SubscriptionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    pub filter_errors: Family<FilterErrorLabels, Counter>,
 }
 
 impl Metrics {
@@ -160,6 +171,7 @@ impl Metrics {
             deliveries_in_flight: Family::default(),
             consumer_pending: Family::default(),
             config_reloads: Family::default(),
+            filter_errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("herald");
         r.register(
@@ -204,7 +216,7 @@ impl Metrics {
         );
         r.register(
             "deliveries",
-            "Broker deliveries by subscription and where the event went (acked, redelivery, dead-lettered)",
+            "Broker deliveries by subscription and where the event went (acked, redelivery, dead-lettered, dropped, filtered)",
             m.deliveries.clone(),
         );
         r.register(
@@ -221,6 +233,11 @@ impl Metrics {
             "consumer_pending",
             "Events in the stream not yet delivered to this subscription's consumer (lag)",
             m.consumer_pending.clone(),
+        );
+        r.register(
+            "filter_errors",
+            "Events whose filter could not be evaluated (and so were not delivered), by CESQL error kind",
+            m.filter_errors.clone(),
         );
         r.register(
             "config_reloads",

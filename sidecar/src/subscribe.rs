@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::attrfilter::{self, AttrFilter};
 use crate::filter::{self, TypeFilter};
 
 pub const INJECT: &str = "herald.dev/inject";
@@ -19,6 +20,8 @@ pub const PATH: &str = "herald.dev/path";
 pub const MAX_IN_FLIGHT: &str = "herald.dev/max-in-flight";
 pub const PUBLISH_ALLOW: &str = "herald.dev/publish-allow";
 pub const SUBSCRIPTIONS: &str = "herald.dev/subscriptions";
+/// A CESQL condition every event must meet to be delivered, for every subscription of the pod.
+pub const FILTER: &str = "herald.dev/filter";
 
 const KNOWN: &[&str] = &[
     INJECT,
@@ -29,6 +32,7 @@ const KNOWN: &[&str] = &[
     MAX_IN_FLIGHT,
     PUBLISH_ALLOW,
     SUBSCRIPTIONS,
+    FILTER,
 ];
 
 /// Deliveries in flight per subscription, across replicas, unless `herald.dev/max-in-flight` says.
@@ -109,6 +113,9 @@ pub struct Subscription {
     pub dead_letter: bool,
     pub mode: DeliveryMode,
     pub start: StartPosition,
+    /// Attribute filters, ANDed; an event that fails them is acknowledged without delivery.
+    /// Empty: every event of the type filter is delivered.
+    pub filters: Vec<AttrFilter>,
 }
 
 impl Subscription {
@@ -123,6 +130,7 @@ impl Subscription {
             dead_letter: true,
             mode: DeliveryMode::Binary,
             start: StartPosition::New,
+            filters: Vec::new(),
         }
     }
 }
@@ -208,6 +216,13 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
             vec![]
         }),
     };
+    let pod_filter = get(FILTER).and_then(|v| match attrfilter::compile_sql(v) {
+        Ok(e) => Some(AttrFilter::Sql(e)),
+        Err(rule) => {
+            err(FILTER, rule);
+            None
+        }
+    });
     // The simple annotations are the pod-wide defaults of every subscription.
     let defaults = Subscription {
         path,
@@ -235,6 +250,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
         match parse_yaml(yaml, &defaults) {
             Ok(subs) => subscriptions = subs,
             Err(rules) => rules.into_iter().for_each(|r| err(SUBSCRIPTIONS, r)),
+        }
+    }
+    // The pod-wide filter applies after each subscription's own.
+    if let Some(f) = pod_filter {
+        for s in &mut subscriptions {
+            s.filters.push(f.clone());
         }
     }
     let subscribes =
@@ -411,8 +432,11 @@ fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, 
                 ),
             },
         }
-        if y.filters.is_some() {
-            bad("filters", "(attribute filters) are not supported by this version of herald yet; filter by type and source".into());
+        if let Some(f) = &y.filters {
+            match attrfilter::parse_list(f) {
+                Ok(fs) => sub.filters = fs,
+                Err(errors) => rules.extend(errors.into_iter().map(|e| format!("{at}: {e}"))),
+            }
         }
         out.push(sub);
     }
@@ -659,7 +683,11 @@ mod tests {
         assert!(rules("type: a\n").contains("not a valid YAML list"));
         assert!(rules("[]").contains("the list is empty"));
         assert!(rules("- type: a\n- type: a\n").contains("filter `a` is listed twice"));
-        assert!(rules("- type: a\n  filters: [{exact: {source: x}}]\n").contains("filters"));
+        assert!(
+            rules("- type: a\n  filters: [{exact: {Source: x}}]\n").contains(
+                "entry 1 (type \"a\"): filters[0].exact: \"Source\" is not an attribute name"
+            )
+        );
         let e = parse(&map(&[(SUBSCRIPTIONS, "- type: a\n")])).unwrap_err();
         assert_eq!(e.0[0].key, APP_PORT);
         let e = parse(&map(&[
@@ -669,6 +697,41 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn attribute_filters() {
+        let c = parse(&map(&[
+            (APP_PORT, "80"),
+            (
+                SUBSCRIPTIONS,
+                "- type: a\n  filters: [{exact: {region: eu}}]\n- type: b\n",
+            ),
+            (FILTER, "source LIKE 'https://%'"),
+        ]))
+        .unwrap();
+        // The pod-wide filter comes after each subscription's own.
+        assert_eq!(c.subscriptions[0].filters.len(), 2);
+        assert!(matches!(
+            c.subscriptions[0].filters[0],
+            AttrFilter::Exact(_)
+        ));
+        assert!(matches!(
+            c.subscriptions[1].filters[..],
+            [AttrFilter::Sql(_)]
+        ));
+        let c = parse(&map(&[(APP_PORT, "80"), (SUBSCRIBE, "a,b")])).unwrap();
+        assert!(c.subscriptions.iter().all(|s| s.filters.is_empty()));
+        let e = parse(&map(&[
+            (APP_PORT, "80"),
+            (SUBSCRIBE, "a"),
+            (FILTER, "type = 'a' AND source LIKE 5"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "herald.dev/filter: is not a valid CESQL expression: column 28: LIKE needs a string literal pattern, found the number 5"
+        );
     }
 
     #[test]
