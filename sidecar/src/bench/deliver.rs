@@ -10,6 +10,8 @@
 //! - `sidecar`: a `herald sidecar` process (this binary) subscribed with `maxInFlight: M` and
 //!   `start: all` over the same pre-filled events, delivering to the app. Its CPU time is read from
 //!   /proc over the delivery window.
+//! - `sidecar+filter`: the same with the attribute filter `region = 'eu'`, which half the events
+//!   pass; the rate counts every event taken off the stream (delivered or filtered).
 //!
 //! Then `e2e`: `--apps` sidecars subscribe (each its own app id, so each gets every event); events
 //! are published through the first one's HTTP API at `--rate` events/s, each carrying the time it
@@ -68,7 +70,7 @@ pub struct DeliverArgs {
     /// Unmeasured time before the end-to-end scenario [default: 2s]
     #[arg(long)]
     pub warmup: Option<String>,
-    /// Comma-separated scenarios: raw, raw+http, sidecar, e2e [default: all]
+    /// Comma-separated scenarios: raw, raw+http, sidecar, sidecar+filter, e2e [default: all]
     #[arg(long)]
     pub scenarios: Option<String>,
     /// nats-server binary to start when no --nats-url is given [default: nats-server]
@@ -76,7 +78,11 @@ pub struct DeliverArgs {
     pub nats_server_bin: Option<String>,
 }
 
-const SCENARIOS: [&str; 4] = ["raw", "raw+http", "sidecar", "e2e"];
+const SCENARIOS: [&str; 5] = ["raw", "raw+http", "sidecar", "sidecar+filter", "e2e"];
+
+/// The attribute filter of the `sidecar+filter` scenario: half the pre-filled events carry
+/// `region: eu`, the other half `region: us`.
+const HALF_FILTER: &str = "region = 'eu'";
 
 struct Settings {
     nats_url: Option<String>,
@@ -262,7 +268,11 @@ pub async fn run(args: DeliverArgs, env: &dyn Env) -> Result<(), AppError> {
     let mut results = Vec::new();
     let mut fill_rate = None;
     for &m in &s.in_flight {
-        if !(s.wants("raw") || s.wants("raw+http") || s.wants("sidecar")) {
+        if !(s.wants("raw")
+            || s.wants("raw+http")
+            || s.wants("sidecar")
+            || s.wants("sidecar+filter"))
+        {
             break;
         }
         if let Ok(st) = js.get_stream(STREAM).await {
@@ -285,13 +295,16 @@ pub async fn run(args: DeliverArgs, env: &dyn Env) -> Result<(), AppError> {
                 });
             }
         }
-        if s.wants("sidecar") {
-            let r = sidecar_consume(&url, &app, m, s.events, &payload.run, work.path()).await?;
-            eprintln!("  sidecar @ {m}: {:.0} ev/s", r.rate());
-            results.push(Throughput {
-                name: format!("sidecar @ in-flight {m}"),
-                ..r
-            });
+        for (name, filter) in [("sidecar", None), ("sidecar+filter", Some(HALF_FILTER))] {
+            if s.wants(name) {
+                let r = sidecar_consume(&url, &app, m, s.events, &payload.run, work.path(), filter)
+                    .await?;
+                eprintln!("  {name} @ {m}: {:.0} ev/s", r.rate());
+                results.push(Throughput {
+                    name: format!("{name} @ in-flight {m}"),
+                    ..r
+                });
+            }
         }
     }
 
@@ -382,7 +395,9 @@ async fn prefill(js: &jetstream::Context, p: &Payload, n: u64) -> Result<(), App
     while sent < n {
         let mut acks = Vec::new();
         for _ in 0..(n - sent).min(1000) {
-            let ev = p.event();
+            let mut ev = p.event();
+            let region = if sent % 2 == 0 { "eu" } else { "us" };
+            ev.attributes.push(("region".into(), region.into()));
             let msg = PublishMessage::build()
                 .headers(nats_headers(&ev, &TraceContext::default()))
                 .payload(ev.data.clone());
@@ -504,7 +519,9 @@ async fn start_sidecar(
     Ok((sidecar, listen))
 }
 
-/// The sidecar delivers the pre-filled events; timed from its first delivery to its last.
+/// The sidecar delivers the pre-filled events; timed from its first delivery to its last. With a
+/// filter that passes every other event, half are delivered; the rate counts all `n` taken off the
+/// stream.
 async fn sidecar_consume(
     url: &str,
     app: &App,
@@ -512,10 +529,24 @@ async fn sidecar_consume(
     n: u64,
     run: &str,
     dir: &std::path::Path,
+    filter: Option<&str>,
 ) -> Result<Throughput, AppError> {
     let before = app.count();
-    let yaml = format!("- type: {TYPE}\n  source: {SOURCE}\n  maxInFlight: {m}\n  start: all\n");
-    let app_id = bench_subscriber(&format!("sidecar-{m}"), run).app_id;
+    let mut yaml =
+        format!("- type: {TYPE}\n  source: {SOURCE}\n  maxInFlight: {m}\n  start: all\n");
+    if let Some(f) = filter {
+        let quoted = serde_json::to_string(f).map_err(|e| AppError::Runtime(e.to_string()))?;
+        yaml.push_str(&format!("  filters: [{{sql: {quoted}}}]\n"));
+    }
+    // Events taken off the stream per delivery.
+    let per_delivery = if filter.is_some() { 2 } else { 1 };
+    let n_delivered = n.div_ceil(per_delivery);
+    let name = if filter.is_some() {
+        "sidecar+filter"
+    } else {
+        "sidecar"
+    };
+    let app_id = bench_subscriber(&format!("{name}-{m}"), run).app_id;
     let (sidecar, _) = start_sidecar(url, app, &app_id, &yaml, dir).await?;
     let pid = sidecar.0.id();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -525,12 +556,12 @@ async fn sidecar_consume(
         if got >= 1 && first.is_none() {
             first = Some((Instant::now(), cpu_time(pid), got));
         }
-        if got >= n {
+        if got >= n_delivered {
             break;
         }
         if Instant::now() > deadline {
             return Err(AppError::Runtime(format!(
-                "sidecar @ {m}: {got} of {n} events delivered within 600 s"
+                "{name} @ {m}: {got} of {n_delivered} events delivered within 600 s"
             )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -539,7 +570,7 @@ async fn sidecar_consume(
     let cpu = cpu_time(pid).saturating_sub(cpu0);
     Ok(Throughput {
         name: String::new(),
-        events: n - got0,
+        events: n.saturating_sub(got0 * per_delivery),
         elapsed: t0.elapsed(),
         cpu: Some(cpu),
     })
