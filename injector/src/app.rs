@@ -80,12 +80,9 @@ impl Ready for Readiness {
 pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), InjectorError> {
     match cli.command {
         Some(Command::Crd) => {
-            // The EventStream CRD arrives with the stream controller; an empty YAML stream is a
-            // valid (empty) `kubectl apply -f -` input meanwhile.
-            println!(
-                "# herald-injector {}: no CRDs yet",
-                env!("CARGO_PKG_VERSION")
-            );
+            let yaml = crate::crd::crd_yaml()
+                .map_err(|e| InjectorError::Runtime(format!("cannot write the CRD: {e}")))?;
+            print!("{yaml}");
             Ok(())
         }
         None => run(Config::resolve(&cli.serve, env)?).await,

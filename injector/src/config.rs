@@ -33,8 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the CustomResourceDefinitions as YAML (none yet: the EventStream CRD comes with the
-    /// stream controller).
+    /// Print the EventStream CustomResourceDefinition as YAML (`| kubectl apply -f -`)
     Crd,
 }
 

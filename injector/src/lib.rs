@@ -10,6 +10,10 @@
 //! - [`webhook`]: `POST /mutate` over HTTPS: lookups, answer, metrics and logs.
 //! - [`cluster`]: the Kubernetes API lookups (a Job's CronJob, namespace defaults, the native
 //!   sidecar probe), cached and bounded in time.
+//! - [`crd`]: the `EventStream` custom resource (stream policy, delivery defaults, status) and
+//!   its mapping to the sidecar's [`herald_sidecar::streams::StreamPolicy`].
+//! - [`reconcile`]: the stream half of the controller: `HERALD` and `HERALD_DLQ` brought in
+//!   line with an `EventStream`, and its status (conditions, usage) from what JetStream holds.
 //! - [`tls`]: rustls (ring) with a certificate reloaded when its files change.
 //! - [`config`]: flags and `HERALD_*` variables; [`metrics`]: what is measured; [`app`]:
 //!   wiring, readiness and the drain.
@@ -21,8 +25,10 @@ pub mod app;
 pub mod appid;
 pub mod cluster;
 pub mod config;
+pub mod crd;
 pub mod metrics;
 pub mod mutate;
+pub mod reconcile;
 pub mod review;
 pub mod tls;
 pub mod webhook;

@@ -70,7 +70,13 @@ fn bad_configuration_exits_64_naming_every_setting() {
 fn crd_prints_yaml() {
     let (code, out, _) = run(&["crd"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("# herald-injector"), "{out}");
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        yaml_serde::from_str(&out).unwrap();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("eventstreams.herald.dev")
+    );
+    assert_eq!(crd.spec.scope, "Cluster");
 }
 
 /// A Kubernetes API on plain HTTP: the dry-run probe keeps `restartPolicy` (a cluster with native

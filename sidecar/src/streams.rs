@@ -24,6 +24,8 @@ pub struct StreamPolicy {
     /// `Duration::ZERO` is unlimited.
     pub max_age: Duration,
     pub max_messages: i64,
+    /// Per subject (one source and type); `-1` is unlimited.
+    pub max_messages_per_subject: i64,
     pub max_message_size: i32,
     pub duplicate_window: Duration,
     pub replicas: usize,
@@ -42,6 +44,7 @@ impl StreamPolicy {
             max_bytes: 1 << 30,
             max_age: Duration::ZERO,
             max_messages: -1,
+            max_messages_per_subject: -1,
             max_message_size: -1,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
@@ -71,6 +74,7 @@ impl StreamPolicy {
             max_bytes: 256 << 20,
             max_age: Duration::from_secs(14 * 24 * 3600),
             max_messages: -1,
+            max_messages_per_subject: -1,
             max_message_size: -1,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
@@ -87,6 +91,7 @@ impl StreamPolicy {
             max_bytes: self.max_bytes,
             max_age: self.max_age,
             max_messages: self.max_messages,
+            max_messages_per_subject: self.max_messages_per_subject,
             max_message_size: self.max_message_size,
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
@@ -155,6 +160,7 @@ pub async fn ensure(
                 || current.max_bytes != wanted.max_bytes
                 || current.max_age != wanted.max_age
                 || current.max_messages != wanted.max_messages
+                || current.max_messages_per_subject != wanted.max_messages_per_subject
                 || current.max_message_size != wanted.max_message_size
                 || current.duplicate_window != wanted.duplicate_window
                 || current.num_replicas != wanted.num_replicas;
