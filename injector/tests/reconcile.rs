@@ -17,6 +17,13 @@ fn at(t: &str) -> Time {
     serde_json::from_value(serde_json::Value::from(t)).unwrap()
 }
 
+async fn events_config(
+    js: &async_nats::jetstream::Context,
+) -> async_nats::jetstream::stream::Config {
+    let mut s = js.get_stream("HERALD").await.unwrap();
+    s.info().await.unwrap().config.clone()
+}
+
 fn condition<'a>(r: &'a Reconciled, t: &str) -> (&'a str, &'a str, &'a str) {
     let c = r
         .status
@@ -67,15 +74,7 @@ async fn create_update_and_a_change_jetstream_cannot_make() {
     )
     .await;
     assert_eq!(r.ensured, Some((Ensured::Updated, Ensured::Updated)));
-    let info = js
-        .get_stream("HERALD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let info = events_config(&js).await;
     assert_eq!(info.max_bytes, 2 << 30);
 
     // Retention cannot change on an existing stream: the stream keeps serving as it was.
@@ -97,15 +96,7 @@ async fn create_update_and_a_change_jetstream_cannot_make() {
         "{message}"
     );
     assert_eq!(condition(&r, READY).0, "True");
-    let info = js
-        .get_stream("HERALD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let info = events_config(&js).await;
     assert_eq!(
         info.retention,
         async_nats::jetstream::stream::RetentionPolicy::Interest
