@@ -75,12 +75,13 @@ impl Pattern {
 }
 
 /// Wildcard matching with one backtrack point (the last `%`): linear in practice, and never worse
-/// than pattern length times text length.
+/// than pattern length times text length. Walks the text by byte offset, one character at a time,
+/// so nothing is allocated per event.
 fn general(pieces: &[Piece], s: &str) -> bool {
-    let text: Vec<char> = s.chars().collect();
+    let next = |t: usize| s[t..].chars().next();
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
+    while let Some(c) = next(t) {
         match pieces.get(p) {
             Some(Piece::Many) => {
                 star = Some((p, t));
@@ -88,17 +89,19 @@ fn general(pieces: &[Piece], s: &str) -> bool {
             }
             Some(Piece::One) => {
                 p += 1;
-                t += 1;
+                t += c.len_utf8();
             }
-            Some(Piece::Char(c)) if *c == text[t] => {
+            Some(Piece::Char(w)) if *w == c => {
                 p += 1;
-                t += 1;
+                t += c.len_utf8();
             }
             _ => match star {
                 Some((sp, st)) => {
+                    // Let the `%` take one more character and try again after it.
+                    let st = st + next(st).map_or(1, char::len_utf8);
                     p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
+                    t = st;
+                    star = Some((sp, st));
                 }
                 None => return false,
             },

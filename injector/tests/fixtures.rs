@@ -211,6 +211,19 @@ async fn bad_annotations_are_denied_naming_every_key() {
     }
 }
 
+/// Posts an edited AdmissionReview; the answer, which must come with 200.
+async fn review_answer(server: &Server, review: &Value) -> Value {
+    let (status, answer) = server
+        .post(
+            "/mutate",
+            "application/json",
+            serde_json::to_vec(review).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    serde_json::from_slice(&answer).unwrap()
+}
+
 /// A filter that does not parse denies the pod, with the CESQL error and its column; a good one
 /// is admitted (and injected).
 #[tokio::test]
@@ -238,16 +251,7 @@ async fn filters_are_checked_at_admission() {
                 .remove("herald.dev/subscribe");
         }
         annotations[key] = Value::from(value);
-        let (status, answer) = server
-            .post(
-                "/mutate",
-                "application/json",
-                serde_json::to_vec(&review).unwrap(),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let wire: Value = serde_json::from_slice(&answer).unwrap();
-        answers.push(wire["response"].clone());
+        answers.push(review_answer(&server, &review).await["response"].clone());
     }
     assert_eq!(answers[0]["allowed"], false);
     assert_eq!(
@@ -271,15 +275,7 @@ async fn a_second_pass_changes_nothing() {
     let mut review: Value = serde_json::from_slice(&fixture("a-orders")).unwrap();
     review["request"]["object"] = serde_json::to_value(&once.pod).unwrap();
     let server = Server::start(config(true), &MockApi::fixtures()).await;
-    let (status, answer) = server
-        .post(
-            "/mutate",
-            "application/json",
-            serde_json::to_vec(&review).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let wire: Value = serde_json::from_slice(&answer).unwrap();
+    let wire = review_answer(&server, &review).await;
     assert_eq!(wire["response"]["allowed"], true);
     assert!(wire["response"]["patch"].is_null());
     assert_eq!(
