@@ -14,8 +14,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::cluster::Cluster;
-use crate::config::{Cli, Command, Config, NativeSidecar, WebhookConfig};
-use crate::metrics::{Lookup, Metrics};
+use crate::config::{Cli, Command, Config, ControllerSettings, NativeSidecar, WebhookConfig};
+use crate::controller::{self, ControllerConfig, LeaseConfig};
+use crate::metrics::{ControllerMetrics, Lookup, Metrics};
 use crate::tls::{Certificates, TlsError};
 use crate::webhook::{self, Webhook};
 
@@ -97,6 +98,10 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let controller_metrics = cfg
+        .controller
+        .is_some()
+        .then(|| Arc::new(ControllerMetrics::new(&mut registry)));
     let shutdown = Shutdown::new();
     shutdown
         .listen_for_signals()
@@ -118,11 +123,26 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
         move |_peer, req| admin.clone().handle(req),
     ));
 
+    // A certificate that cannot be read is a configuration error (exit 64), found before the
+    // Kubernetes client is needed.
+    let certs = match &cfg.webhook {
+        Some(w) => Some(Certificates::load(&w.cert_file, &w.key_file)?),
+        None => None,
+    };
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| InjectorError::Kube(e.to_string()))?;
+    let controller_task = match (cfg.controller, controller_metrics) {
+        (Some(c), Some(m)) => Some(start_controller(c, kube.clone(), m, &shutdown).await?),
+        _ => None,
+    };
     let webhook_stop = Shutdown::new();
-    let webhook_task = match cfg.webhook {
-        Some(w) => Some(
+    let webhook_task = match cfg.webhook.zip(certs) {
+        Some((w, certs)) => Some(
             start_webhook(
                 w,
+                certs,
+                kube,
                 metrics.clone(),
                 &shutdown,
                 &webhook_stop,
@@ -142,6 +162,9 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
         webhook_stop.trigger();
         let _ = task.await;
     }
+    if let Some(task) = controller_task {
+        let _ = task.await;
+    }
     admin_stop.trigger();
     let _ = admin_task.await;
     tracing::info!("stopped");
@@ -150,15 +173,13 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
 
 async fn start_webhook(
     w: WebhookConfig,
+    certs: Arc<Certificates>,
+    client: kube::Client,
     metrics: Arc<Metrics>,
     shutdown: &Shutdown,
     stop: &Shutdown,
     grace: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, InjectorError> {
-    let certs = Certificates::load(&w.cert_file, &w.key_file)?;
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| InjectorError::Kube(e.to_string()))?;
     let namespace = client.default_namespace().to_owned();
     let cluster = Cluster::new(client, LOOKUP_TIMEOUT);
     let native = match w.native_sidecar {
@@ -184,6 +205,69 @@ async fn start_webhook(
     Ok(tokio::spawn(async move {
         if let Err(e) = webhook::serve(listener, certs, webhook, stop, grace).await {
             tracing::error!(error = %e, "the webhook stopped");
+        }
+    }))
+}
+
+/// Connects to NATS (in the background: an outage delays passes, not the start) and runs the
+/// controller whenever this replica holds the lease. A failed leader election (RBAC, an
+/// unreachable apiserver) is retried, so the webhook on this replica keeps serving.
+async fn start_controller(
+    c: ControllerSettings,
+    kube: kube::Client,
+    metrics: Arc<ControllerMetrics>,
+    shutdown: &Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, InjectorError> {
+    let servers: Vec<async_nats::ServerAddr> = c
+        .nats_url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| InjectorError::Runtime(format!("--nats-url: {e}")))?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = &c.nats_credentials_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            InjectorError::Runtime(format!("--nats-credentials-file {}: {e}", path.display()))
+        })?;
+    }
+    let nats = options
+        .name("herald-controller")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(herald_sidecar::broker::reconnect_delay)
+        .connect(servers)
+        .await
+        .map_err(|e| InjectorError::Runtime(format!("NATS: {e}")))?;
+    let js = async_nats::jetstream::new(nats);
+    let cfg = ControllerConfig {
+        event_stream: c.event_stream,
+        stream: c.stream,
+        dlq_stream: c.dlq_stream,
+        period: c.period,
+        orphan_grace: c.orphan_grace,
+        lease: LeaseConfig::new(kube.default_namespace().to_owned(), c.identity),
+    };
+    tracing::info!(event_stream = %cfg.event_stream, period = ?cfg.period, orphan_grace = ?cfg.orphan_grace, lease = %format!("{}/{}", cfg.lease.namespace, cfg.lease.name), "controller starting; it runs while this replica holds the lease");
+    let shutdown = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        while !shutdown.is_triggered() {
+            let run = controller::lead(
+                kube.clone(),
+                js.clone(),
+                cfg.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            match run.await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "the controller cannot run; retrying in 10s");
+                    tokio::select! {
+                        _ = shutdown.wait() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                }
+            }
         }
     }))
 }

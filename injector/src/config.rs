@@ -70,9 +70,31 @@ pub struct ServeArgs {
     /// Serve the admission webhook: true or false [default: true]
     #[arg(long)]
     pub webhook: Option<String>,
-    /// Run the stream controller: true or false [default: false; not in this build yet]
+    /// Run the stream controller (one replica at a time, by Lease): true or false [default: false]
     #[arg(long)]
     pub controller: Option<String>,
+    /// EventStream whose policy the controller applies [default: default]
+    #[arg(long)]
+    pub event_stream: Option<String>,
+    /// Time between controller passes [default: 15s]
+    #[arg(long)]
+    pub controller_period: Option<String>,
+    /// How long a consumer no workload subscribes to is kept before the controller deletes it
+    /// [default: 1h]
+    #[arg(long)]
+    pub orphan_grace: Option<String>,
+    /// Events stream name [default: HERALD]
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Dead-letter stream name [default: HERALD_DLQ]
+    #[arg(long)]
+    pub dlq_stream: Option<String>,
+    /// NATS credentials file of the controller itself [default: none]
+    #[arg(long)]
+    pub nats_credentials_file: Option<String>,
+    /// This replica's name, its identity in the controller Lease [default: $HOSTNAME]
+    #[arg(long)]
+    pub pod_name: Option<String>,
     /// Sidecar CPU request [default: 10m]
     #[arg(long)]
     pub sidecar_cpu_request: Option<String>,
@@ -105,9 +127,24 @@ pub enum NativeSidecar {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub webhook: Option<WebhookConfig>,
+    pub controller: Option<ControllerSettings>,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+}
+
+/// The controller's settings; the Lease namespace is the pod's, known once the Kubernetes
+/// client is built.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    pub nats_url: String,
+    pub nats_credentials_file: Option<PathBuf>,
+    pub event_stream: String,
+    pub stream: String,
+    pub dlq_stream: String,
+    pub period: Duration,
+    pub orphan_grace: Duration,
+    pub identity: String,
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +178,7 @@ impl Config {
             _ => Err("must be `auto`, `true` or `false`".into()),
         });
         let webhook = r.get("webhook", &args.webhook, parse_bool).unwrap_or(true);
-        let controller = r
+        let controller_on = r
             .get("controller", &args.controller, parse_bool)
             .unwrap_or(false);
         let mut quantity = |flag: &str, cli: &Option<String>, default: Option<&str>| {
@@ -170,12 +207,47 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             _ => Err("must be `text` or `json`".into()),
         });
-        if controller {
-            r.fail(
-                "--controller=true (HERALD_CONTROLLER): the stream controller is not in this build yet; the streams are created by `herald dev` or by hand".into(),
-            );
-        }
-        if !webhook && !controller {
+        let event_stream = r.get("event-stream", &args.event_stream, parse_object_name);
+        let period = r.get(
+            "controller-period",
+            &args.controller_period,
+            parse_positive_duration,
+        );
+        let orphan_grace = r.get("orphan-grace", &args.orphan_grace, parse_duration);
+        let stream = r.get("stream", &args.stream, parse_stream_name);
+        let dlq_stream = r.get("dlq-stream", &args.dlq_stream, parse_stream_name);
+        let creds_file = r.get(
+            "nats-credentials-file",
+            &args.nats_credentials_file,
+            parse_path,
+        );
+        let pod_name = r
+            .get("pod-name", &args.pod_name, parse_object_name)
+            .or_else(|| env.var("HOSTNAME").filter(|h| !h.is_empty()));
+        let controller = if controller_on {
+            let url = nats_url.clone().or_else(|| {
+                r.fail("--nats-url (HERALD_NATS_URL): required with the controller: the NATS URL of the streams, such as nats://nats.nats:4222".into());
+                None
+            });
+            let identity = pod_name.or_else(|| {
+                r.fail("--pod-name (HERALD_POD_NAME): required with the controller when $HOSTNAME is not set: this replica's name in the Lease".into());
+                None
+            });
+            url.zip(identity)
+                .map(|(nats_url, identity)| ControllerSettings {
+                    nats_url,
+                    nats_credentials_file: creds_file,
+                    event_stream: event_stream.unwrap_or_else(|| crate::crd::DEFAULT_NAME.into()),
+                    stream: stream.unwrap_or_else(|| "HERALD".into()),
+                    dlq_stream: dlq_stream.unwrap_or_else(|| "HERALD_DLQ".into()),
+                    period: period.unwrap_or(Duration::from_secs(15)),
+                    orphan_grace: orphan_grace.unwrap_or(Duration::from_secs(3600)),
+                    identity,
+                })
+        } else {
+            None
+        };
+        if !webhook && !controller_on {
             r.fail("--webhook and --controller are both false: nothing to run".into());
         }
         let webhook = if webhook {
@@ -220,6 +292,7 @@ impl Config {
         r.finish()?;
         Ok(Config {
             webhook,
+            controller,
             admin_listen: admin_listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9250))),
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(15)),
             log_format: log_format.unwrap_or(LogFormat::Text),
@@ -232,6 +305,40 @@ fn parse_bool(v: &str) -> Result<bool, String> {
         "true" => Ok(true),
         "false" => Ok(false),
         _ => Err("must be `true` or `false`".into()),
+    }
+}
+
+/// A Kubernetes object name (DNS subdomain).
+fn parse_object_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("must be a Kubernetes object name (lower-case letters, digits, `-` and `.`)".into())
+    }
+}
+
+/// A JetStream stream name: no whitespace, `.`, `*`, `>`, path separators.
+fn parse_stream_name(v: &str) -> Result<String, String> {
+    if !v.is_empty()
+        && v.len() <= 255
+        && !v.contains(|c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+    {
+        Ok(v.to_owned())
+    } else {
+        Err("must be a JetStream stream name (no whitespace, `.`, `*`, `>`, `/` or `\\`)".into())
+    }
+}
+
+fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -406,7 +513,50 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("not in this build yet"), "{e}");
+        assert!(e.contains("--pod-name (HERALD_POD_NAME): required"), "{e}");
+        let e = Config::resolve(
+            &ServeArgs {
+                webhook: Some("false".into()),
+                controller: Some("true".into()),
+                controller_period: Some("0s".into()),
+                stream: Some("a.b".into()),
+                ..Default::default()
+            },
+            &env(&[("HOSTNAME", "herald-0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "--nats-url (HERALD_NATS_URL): required with the controller",
+            "--controller-period",
+            "more than zero",
+            "--stream",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
+        let c = Config::resolve(
+            &ServeArgs {
+                webhook: Some("false".into()),
+                controller: Some("true".into()),
+                ..Default::default()
+            },
+            &env(&[
+                ("HOSTNAME", "herald-0"),
+                ("HERALD_NATS_URL", "nats://n:4222"),
+                ("HERALD_ORPHAN_GRACE", "10m"),
+            ]),
+        )
+        .unwrap()
+        .controller
+        .unwrap();
+        assert_eq!(c.identity, "herald-0");
+        assert_eq!(c.event_stream, "default");
+        assert_eq!(
+            (c.stream.as_str(), c.dlq_stream.as_str()),
+            ("HERALD", "HERALD_DLQ")
+        );
+        assert_eq!(c.orphan_grace, Duration::from_secs(600));
+        assert_eq!(c.period, Duration::from_secs(15));
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!   its mapping to the sidecar's [`herald_sidecar::streams::StreamPolicy`].
 //! - [`reconcile`]: the stream half of the controller: `HERALD` and `HERALD_DLQ` brought in
 //!   line with an `EventStream`, and its status (conditions, usage) from what JetStream holds.
+//! - [`inventory`]: from listed workloads and pods to what is subscribed and which pods missed
+//!   their sidecar (pure, unit-tested).
+//! - [`controller`]: the leader-elected pass: EventStream status and Events, delivery defaults
+//!   to the sidecars' key-value bucket, missed injections, orphan consumers.
 //! - [`tls`]: rustls (ring) with a certificate reloaded when its files change.
 //! - [`config`]: flags and `HERALD_*` variables; [`metrics`]: what is measured; [`app`]:
 //!   wiring, readiness and the drain.
@@ -25,7 +29,9 @@ pub mod app;
 pub mod appid;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod inventory;
 pub mod metrics;
 pub mod mutate;
 pub mod reconcile;

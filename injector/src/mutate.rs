@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
@@ -129,8 +130,13 @@ pub struct Injection {
 
 /// Whether the pod asks for the sidecar at all (so the webhook makes no lookups for the rest).
 pub fn wants_injection(pod: &Pod) -> bool {
-    pod.metadata
-        .annotations
+    asks_for_sidecar(&pod.metadata)
+}
+
+/// Whether a pod or pod template with this metadata asks for the sidecar: the controller judges
+/// templates and running pods by the same rule as the webhook.
+pub fn asks_for_sidecar(meta: &ObjectMeta) -> bool {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(INJECT))
         .is_some_and(|v| v.trim() != "false")

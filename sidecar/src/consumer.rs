@@ -30,13 +30,19 @@ impl Subscriber {
     }
 
     pub fn consumer_name(&self, filter: &TypeFilter) -> String {
-        let digest = Sha256::digest(self.describe(filter).as_bytes());
-        let mut name = String::from("herald-");
-        for b in &digest[..8] {
-            let _ = write!(name, "{b:02x}");
-        }
-        name
+        consumer_name_of(&self.describe(filter))
     }
+}
+
+/// The consumer name of a description: the controller checks a consumer's name against its
+/// description before it treats the consumer as herald's.
+pub fn consumer_name_of(description: &str) -> String {
+    let digest = Sha256::digest(description.as_bytes());
+    let mut name = String::from("herald-");
+    for b in &digest[..8] {
+        let _ = write!(name, "{b:02x}");
+    }
+    name
 }
 
 /// The subject filter of a type filter: literal tokens encoded like event subjects, wildcards

@@ -20,6 +20,7 @@
 //! - [`consumer`]: one durable pull consumer per (namespace, app id, filter).
 //! - [`attrfilter`]: attribute filters (the Subscriptions API dialects and CESQL), checked on
 //!   each event before delivery.
+//! - [`defaults`]: the cluster's delivery defaults, from the controller's key-value bucket.
 //! - [`deliver`]: pull within max in flight, HTTP delivery (binary or structured), retry budget,
 //!   dead letters, drain.
 //! - [`live`]: the running subscriptions, and hot reload of the annotations file.
@@ -41,6 +42,7 @@ pub mod buffer;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
+pub mod defaults;
 pub mod deliver;
 pub mod error;
 pub mod event;

@@ -80,6 +80,25 @@ pub struct MockApi {
 
 pub type Script = dyn Fn(&http::Method, &str, &[u8]) -> (u16, Value) + Send + Sync;
 
+/// One request to the scripted API, for scripts that need more than method, path and body.
+pub struct ApiRequest {
+    pub method: http::Method,
+    /// Path and query.
+    pub path: String,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+impl ApiRequest {
+    pub fn path_only(&self) -> &str {
+        self.path.split('?').next().unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
 impl MockApi {
     pub fn new(
         script: impl Fn(&http::Method, &str, &[u8]) -> (u16, Value) + Send + Sync + 'static,
@@ -92,8 +111,17 @@ impl MockApi {
         delay: Duration,
         script: impl Fn(&http::Method, &str, &[u8]) -> (u16, Value) + Send + Sync + 'static,
     ) -> MockApi {
+        Self::with_requests(delay, move |r| script(&r.method, &r.path, &r.body))
+    }
+
+    /// A script that sees the whole request (the content type tells a server-side apply from
+    /// a merge patch).
+    pub fn with_requests(
+        delay: Duration,
+        script: impl Fn(&ApiRequest) -> (u16, Value) + Send + Sync + 'static,
+    ) -> MockApi {
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let script: Arc<Script> = Arc::new(script);
+        let script = Arc::new(script);
         let seen = requests.clone();
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let (script, seen) = (script.clone(), seen.clone());
@@ -104,6 +132,12 @@ impl MockApi {
                     .path_and_query()
                     .map(|p| p.as_str().to_owned())
                     .unwrap_or_default();
+                let content_type = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
                 let body = req
                     .into_body()
                     .collect()
@@ -112,7 +146,12 @@ impl MockApi {
                     .unwrap_or_default();
                 seen.lock().unwrap().push(format!("{method} {path}"));
                 tokio::time::sleep(delay).await;
-                let (status, value) = script(&method, &path, &body);
+                let (status, value) = script(&ApiRequest {
+                    method,
+                    path,
+                    content_type,
+                    body,
+                });
                 let resp = http::Response::builder()
                     .status(status)
                     .header("content-type", "application/json")
@@ -339,3 +378,4 @@ pub fn der(pem: &str) -> CertificateDer<'static> {
     use rustls::pki_types::pem::PemObject as _;
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
+pub mod fake;
