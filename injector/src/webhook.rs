@@ -32,6 +32,10 @@ use herald_sidecar::admin::text;
 use herald_sidecar::http_server::{self, HttpResponse};
 use herald_sidecar::shutdown::Shutdown;
 
+/// Where the apiserver sends AdmissionReviews (the chart's MutatingWebhookConfiguration says
+/// the same; a test checks it).
+pub const MUTATE_PATH: &str = "/mutate";
+
 /// An AdmissionReview of a pod is a few KiB; the apiserver's own request limit is 3 MiB.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -46,7 +50,7 @@ pub struct Webhook {
 impl Webhook {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         let started = Instant::now();
-        if req.uri().path() != "/mutate" {
+        if req.uri().path() != MUTATE_PATH {
             return plain(
                 StatusCode::NOT_FOUND,
                 "not found: the webhook is POST /mutate",
