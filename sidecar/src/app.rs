@@ -16,6 +16,7 @@ use crate::config::{
     StreamCommand,
 };
 use crate::consumer::Subscriber;
+use crate::defaults::{self, Defaults};
 use crate::deliver::Deliverer;
 use crate::http_server;
 use crate::live::Subscriptions;
@@ -23,6 +24,9 @@ use crate::metrics::Metrics;
 use crate::natsd::{self, NatsServer, NatsServerOptions, NatsdError};
 use crate::shutdown::Shutdown;
 use crate::streams::{self, StreamPolicy};
+
+/// How long a starting sidecar waits for the cluster's delivery defaults.
+const DEFAULTS_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -218,8 +222,26 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         publish_allow,
         metrics.clone(),
     );
-    subscriptions.apply(&cfg.pod);
-    let deliveries = tokio::spawn(subscriptions.run(cfg.pod_source.clone(), cfg.pod.clone()));
+    // The cluster's delivery defaults: waited for briefly, so a sidecar starts with them rather
+    // than switching a moment later; without them (no controller, NATS down) the built-in ones.
+    let (defaults_tx, mut cluster) = tokio::sync::watch::channel(None);
+    tokio::spawn(defaults::follow(
+        broker.jetstream().clone(),
+        defaults_tx,
+        shutdown.clone(),
+    ));
+    let _ = tokio::time::timeout(DEFAULTS_WAIT, cluster.wait_for(Option::is_some)).await;
+    let defaults = cluster.borrow_and_update().unwrap_or_default();
+    let pod = if defaults == Defaults::default() {
+        cfg.pod.clone()
+    } else {
+        // Valid at start, so valid now: only the defaults differ.
+        cfg.pod_source
+            .load_with(&defaults)
+            .unwrap_or_else(|_| cfg.pod.clone())
+    };
+    subscriptions.apply(&pod);
+    let deliveries = tokio::spawn(subscriptions.run(cfg.pod_source.clone(), pod, cluster));
     let admin = Arc::new(Admin {
         registry,
         readiness: readiness.clone(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::defaults::Defaults;
 use crate::filter::TypeFilter;
 use crate::streams::{DLQ_STREAM, EVENTS_STREAM};
 use crate::subscribe::{self, PodConfig};
@@ -495,6 +496,11 @@ impl PodSource {
 
     /// Reads the annotations file (if any) and validates everything with the annotation contract.
     pub fn load(&self) -> Result<PodConfig, ConfigError> {
+        self.load_with(&Defaults::default())
+    }
+
+    /// [`PodSource::load`] over the cluster's delivery defaults (annotations and flags win).
+    pub fn load_with(&self, cluster: &Defaults) -> Result<PodConfig, ConfigError> {
         let mut errors = Vec::new();
         let mut annotations = std::collections::BTreeMap::new();
         if let Some((path, explicit)) = &self.file {
@@ -510,7 +516,7 @@ impl PodSource {
         for (key, value, _) in &self.overlay {
             annotations.insert((*key).to_owned(), value.clone());
         }
-        match subscribe::parse(&annotations) {
+        match subscribe::parse_with(&annotations, cluster) {
             Ok(mut pod) if errors.is_empty() => {
                 for sub in &mut pod.subscriptions {
                     if let Some(n) = self.max_attempts {

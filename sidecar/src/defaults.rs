@@ -8,9 +8,16 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt as _;
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use crate::config::parse_duration;
+use crate::shutdown::Shutdown;
+use crate::subscribe::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, RetryPolicy};
+
+/// How long to wait before opening the bucket again after it was missing or NATS failed.
+const RETRY: Duration = Duration::from_secs(10);
 
 pub const BUCKET: &str = "HERALD_CONFIG";
 pub const DELIVERY_KEY: &str = "delivery";
@@ -27,11 +34,12 @@ pub struct Defaults {
 impl Default for Defaults {
     /// The built-in defaults (docs/DELIVERY.md).
     fn default() -> Self {
+        let retry = RetryPolicy::default();
         Defaults {
-            max_attempts: 10,
-            local_backoff: Duration::from_millis(100),
-            max_in_flight: 10,
-            attempt_timeout: Duration::from_secs(30),
+            max_attempts: retry.max_attempts,
+            local_backoff: retry.local_backoff,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 }
@@ -106,6 +114,97 @@ pub async fn bucket(js: &jetstream::Context, create: bool) -> Result<kv::Store, 
     js.get_key_value(BUCKET)
         .await
         .map_err(|e| format!("cannot open bucket {BUCKET}: {e}"))
+}
+
+/// Follows the key until `shutdown`. `tx` holds `None` until the first answer: the current
+/// value, or the built-in defaults when the bucket or key does not exist (no controller, as
+/// under `herald dev`) or NATS cannot be asked; then each change. A value that does not
+/// validate is logged with its field and ignored, so the last good defaults stay.
+pub async fn follow(
+    js: jetstream::Context,
+    tx: watch::Sender<Option<Defaults>>,
+    shutdown: Shutdown,
+) {
+    let settle = |tx: &watch::Sender<Option<Defaults>>| {
+        tx.send_if_modified(|d| {
+            d.is_none()
+                .then(|| *d = Some(Defaults::default()))
+                .is_some()
+        })
+    };
+    while !shutdown.is_triggered() {
+        let watched = async {
+            let kv = bucket(&js, false).await?;
+            // The watch starts before the read, so no change falls between them.
+            let watch = kv
+                .watch_with_history(DELIVERY_KEY)
+                .await
+                .map_err(|e| format!("cannot watch {BUCKET}/{DELIVERY_KEY}: {e}"))?;
+            let first = kv
+                .entry(DELIVERY_KEY)
+                .await
+                .map_err(|e| format!("cannot read {BUCKET}/{DELIVERY_KEY}: {e}"))?;
+            Ok::<_, String>((watch, first))
+        };
+        let (mut watch, first) = match watched.await {
+            Ok(w) => w,
+            Err(e) => {
+                settle(&tx);
+                tracing::debug!(error = %e, "no cluster delivery defaults; the built-in ones apply");
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+        };
+        match first {
+            Some(entry) => apply(&tx, &entry),
+            None => {
+                settle(&tx);
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                next = watch.next() => match next {
+                    Some(Ok(entry)) => apply(&tx, &entry),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching the cluster delivery defaults failed; watching again");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn apply(tx: &watch::Sender<Option<Defaults>>, entry: &kv::Entry) {
+    let next = match entry.operation {
+        kv::Operation::Put => match Defaults::from_json(&entry.value) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "the cluster delivery defaults are invalid; the last good ones stay");
+                if tx.borrow().is_none() {
+                    tx.send_replace(Some(Defaults::default()));
+                }
+                return;
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => Defaults::default(),
+    };
+    let changed = tx.send_if_modified(|d| {
+        let changed = *d != Some(next);
+        *d = Some(next);
+        changed
+    });
+    if changed {
+        tracing::info!(defaults = ?next, "cluster delivery defaults");
+    }
 }
 
 #[cfg(test)]

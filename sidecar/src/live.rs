@@ -1,5 +1,6 @@
 //! The live configuration: one delivery task per subscription, started, updated and stopped as the
-//! pod's annotations change, without a restart.
+//! pod's annotations or the cluster's delivery defaults ([`crate::defaults`]) change, without a
+//! restart.
 //!
 //! The kubelet rewrites the downward API file with an atomic symlink swap (a new timestamped
 //! directory, then `..data` is renamed over), so the watch is on the file's directory and reacts to
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::Readiness;
 use crate::config::PodSource;
+use crate::defaults::Defaults;
 use crate::deliver::{Deliverer, Target};
 use crate::filter::TypeFilter;
 use crate::metrics::{Metrics, ReloadLabels, ReloadResult};
@@ -140,9 +142,14 @@ impl Subscriptions {
         while self.stopping.try_join_next().is_some() {}
     }
 
-    /// Follows changes of the annotations file until shutdown, then waits for every subscription
-    /// to drain.
-    pub async fn run(mut self, source: PodSource, mut current: PodConfig) {
+    /// Follows changes of the annotations file and of the cluster's delivery defaults until
+    /// shutdown, then waits for every subscription to drain.
+    pub async fn run(
+        mut self,
+        source: PodSource,
+        mut current: PodConfig,
+        mut cluster: watch::Receiver<Option<Defaults>>,
+    ) {
         // A default file that does not exist (the sidecar run by hand, without the injector) is
         // not watched; one named explicitly is.
         let watched = source
@@ -164,7 +171,12 @@ impl Subscriptions {
                     if let Some(rx) = changes.as_mut() {
                         while rx.try_recv().is_ok() {}
                     }
-                    current = self.reload(&source, current);
+                    let defaults = cluster.borrow().unwrap_or_default();
+                    current = self.reload(&source, current, &defaults);
+                }
+                Ok(()) = cluster.changed() => {
+                    let defaults = cluster.borrow_and_update().unwrap_or_default();
+                    current = self.reload(&source, current, &defaults);
                 }
                 _ = self.shutdown.wait() => break,
             }
@@ -185,8 +197,8 @@ impl Subscriptions {
         });
     }
 
-    fn reload(&mut self, source: &PodSource, current: PodConfig) -> PodConfig {
-        let result = match source.load() {
+    fn reload(&mut self, source: &PodSource, current: PodConfig, cluster: &Defaults) -> PodConfig {
+        let result = match source.load_with(cluster) {
             Ok(pod) if pod == current => ReloadResult::Unchanged,
             Ok(pod) => {
                 if pod.app_id != current.app_id {
@@ -195,7 +207,7 @@ impl Subscriptions {
                 self.apply(&pod);
                 tracing::info!(
                     subscriptions = pod.subscriptions.len(),
-                    "annotations reloaded"
+                    "configuration reloaded (annotations or cluster delivery defaults)"
                 );
                 self.count(ReloadResult::Applied);
                 return pod;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::attrfilter::{self, AttrFilter};
+use crate::defaults::Defaults;
 use crate::filter::{self, TypeFilter};
 
 pub const INJECT: &str = "herald.dev/inject";
@@ -147,8 +148,17 @@ pub struct PodConfig {
     pub publish_allow: Vec<TypeFilter>,
 }
 
-/// Validates annotations (only `herald.dev/*` keys are looked at).
+/// Validates annotations (only `herald.dev/*` keys are looked at), over the built-in defaults.
 pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, AnnotationErrors> {
+    parse_with(annotations, &Defaults::default())
+}
+
+/// [`parse`] over the cluster's delivery defaults: what the annotations leave out comes from
+/// `cluster`.
+pub fn parse_with(
+    annotations: &BTreeMap<String, String>,
+    cluster: &Defaults,
+) -> Result<PodConfig, AnnotationErrors> {
     let mut errors = Vec::new();
     let mut err = |key: &str, rule: String| {
         errors.push(AnnotationError {
@@ -195,11 +205,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
         None => "/".into(),
     };
     let max_in_flight = match get(MAX_IN_FLIGHT).map(|v| (v, v.parse::<u64>())) {
-        None => DEFAULT_MAX_IN_FLIGHT,
+        None => cluster.max_in_flight,
         Some((_, Ok(n))) if check_max_in_flight(n).is_ok() => n as usize,
         Some((v, _)) => {
             err(MAX_IN_FLIGHT, format!("{}, not {v:?}", MAX_IN_FLIGHT_RULE));
-            DEFAULT_MAX_IN_FLIGHT
+            cluster.max_in_flight
         }
     };
     let filters = match get(SUBSCRIBE) {
@@ -224,13 +234,16 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodConfig, Annota
         }
     });
     // The simple annotations are the pod-wide defaults of every subscription.
-    let defaults = Subscription {
+    let mut defaults = Subscription {
         path,
         max_in_flight,
+        attempt_timeout: cluster.attempt_timeout,
         ..Subscription::new(
             TypeFilter::parse(">").unwrap_or_else(|_| unreachable!("`>` is a valid filter")),
         )
     };
+    defaults.retry.max_attempts = cluster.max_attempts;
+    defaults.retry.local_backoff = cluster.local_backoff;
     let mut subscriptions: Vec<Subscription> = filters
         .into_iter()
         .map(|filter| Subscription {
