@@ -1,0 +1,3 @@
+module herald.dev/examples/shipping
+
+go 1.19
