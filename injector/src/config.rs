@@ -21,7 +21,7 @@ use crate::mutate::{InjectorConfig, NatsCredentials};
 #[command(
     name = "herald-injector",
     version,
-    about = "herald's control plane: the admission webhook that injects the herald sidecar",
+    about = "herald's control plane: the admission webhook that injects the herald sidecar, and the stream controller",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

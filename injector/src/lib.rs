@@ -1,5 +1,6 @@
-//! herald's injector: the mutating admission webhook that adds the herald sidecar to pods
-//! annotated `herald.dev/inject: "true"`, and the `herald-injector` binary around it.
+//! herald's control plane: the mutating admission webhook that adds the herald sidecar to pods
+//! annotated `herald.dev/inject: "true"`, the stream controller (the `EventStream` resource,
+//! run by one leader-elected replica), and the `herald-injector` binary around both.
 //!
 //! # Layout
 //! - [`mutate`]: the decision and the JSON Patch, a pure function of the pod, what was looked up
