@@ -97,6 +97,16 @@ async fn consumer_names(js: &jetstream::Context) -> Vec<String> {
     names
 }
 
+async fn events_info(js: &jetstream::Context) -> jetstream::stream::Info {
+    js.get_stream("HERALD")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 fn reasons(events: &[Value]) -> Vec<&str> {
     events
         .iter()
@@ -121,14 +131,7 @@ async fn a_pass_reconciles_the_streams_patches_the_status_and_publishes_delivery
     assert_eq!(fake.condition("Ready").0, "True");
     assert_eq!(fake.status()["observedGeneration"], 1);
     assert_eq!(fake.status()["percentUsed"], "0%");
-    let info = js
-        .get_stream("HERALD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = events_info(&js).await;
     assert_eq!(info.config.max_bytes, 64 << 20);
     assert!(js.get_stream("HERALD_DLQ").await.is_ok());
     let kv = js
@@ -159,14 +162,7 @@ async fn a_pass_reconciles_the_streams_patches_the_status_and_publishes_delivery
         "{r:?}"
     );
     assert_eq!(fake.status()["observedGeneration"], 2);
-    let info = js
-        .get_stream("HERALD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = events_info(&js).await;
     assert_eq!(info.config.max_bytes, 128 << 20);
     let defaults = kv
         .get(herald_sidecar::defaults::DELIVERY_KEY)
@@ -191,14 +187,7 @@ async fn a_pass_reconciles_the_streams_patches_the_status_and_publishes_delivery
     );
     assert!(message.contains("retention"), "{message}");
     assert!(fake.status()["lastError"].is_string());
-    let info = js
-        .get_stream("HERALD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = events_info(&js).await;
     assert_eq!(
         info.config.retention,
         jetstream::stream::RetentionPolicy::Interest

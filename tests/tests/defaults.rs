@@ -7,39 +7,7 @@ use std::time::Duration;
 
 use herald_sidecar::defaults::{self, DELIVERY_KEY};
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, eventually, header, stored};
-
-async fn sidecar(nats: &Nats, app_id: &str, sink: &Sink, extra: &[&str]) -> Herald {
-    let port = sink.port.to_string();
-    let mut args = vec![
-        "--nats-url",
-        nats.server.url(),
-        "--app-id",
-        app_id,
-        "--app-port",
-        &port,
-        "--redelivery-delay",
-        "100ms",
-    ];
-    args.extend_from_slice(extra);
-    let h = Herald::start("sidecar", &args).await;
-    h.wait_ready().await;
-    h
-}
-
-async fn publish(h: &Herald, id: &str, ty: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "shop")
-        .header("ce-type", ty)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
+use herald_tests::{Nats, eventually, header, publish, stored, subscriber};
 
 /// The attempt count on the dead letter of event `id`, once it is there.
 async fn attempts_of(js: &async_nats::jetstream::Context, id: &str) -> String {
@@ -73,11 +41,16 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
 
     let sink = Sink::start().await;
     sink.always(503);
-    let h = sidecar(
+    let h = subscriber(
         &nats,
         "billing",
         &sink,
-        &["--subscribe", "order.created.v1"],
+        &[
+            "--subscribe",
+            "order.created.v1",
+            "--redelivery-delay",
+            "100ms",
+        ],
     )
     .await;
     // Read at start: 2 attempts, not the built-in 10.
@@ -111,11 +84,18 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     // The pod's own setting (the flag stands in for the annotation) wins over the cluster's.
     let other_sink = Sink::start().await;
     other_sink.always(503);
-    let pinned = sidecar(
+    let pinned = subscriber(
         &nats,
         "audit",
         &other_sink,
-        &["--subscribe", "order.paid.v1", "--max-attempts", "1"],
+        &[
+            "--subscribe",
+            "order.paid.v1",
+            "--max-attempts",
+            "1",
+            "--redelivery-delay",
+            "100ms",
+        ],
     )
     .await;
     publish(&pinned, "y-1", "order.paid.v1").await;

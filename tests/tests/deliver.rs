@@ -3,42 +3,7 @@
 use std::time::Duration;
 
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, dead_letters, eventually, header, stored};
-
-async fn subscriber(nats: &Nats, app_id: &str, sink: &Sink, extra: &[&str]) -> Herald {
-    let port = sink.port.to_string();
-    let mut args = vec![
-        "--nats-url",
-        nats.server.url(),
-        "--app-id",
-        app_id,
-        "--app-port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    let h = Herald::start("sidecar", &args).await;
-    h.wait_ready().await;
-    h
-}
-
-async fn publish(h: &Herald, id: &str, ty: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "shop")
-        .header("ce-type", ty)
-        .header("content-type", "application/json")
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .body(format!("{{\"id\":\"{id}\"}}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
+use herald_tests::{Herald, Nats, dead_letters, eventually, header, publish, stored, subscriber};
 
 const WAIT: Duration = Duration::from_secs(15);
 
