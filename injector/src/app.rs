@@ -123,17 +123,23 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
         move |_peer, req| admin.clone().handle(req),
     ));
 
-    // A certificate that cannot be read is a configuration error (exit 64), found before the
-    // Kubernetes client is needed.
+    // Files that cannot be read are configuration errors (exit 64), found before the Kubernetes
+    // client is needed.
     let certs = match &cfg.webhook {
         Some(w) => Some(Certificates::load(&w.cert_file, &w.key_file)?),
+        None => None,
+    };
+    let nats_options = match &cfg.controller {
+        Some(c) => Some(nats_options(c).await?),
         None => None,
     };
     let kube = kube::Client::try_default()
         .await
         .map_err(|e| InjectorError::Kube(e.to_string()))?;
-    let controller_task = match (cfg.controller, controller_metrics) {
-        (Some(c), Some(m)) => Some(start_controller(c, kube.clone(), m, &shutdown).await?),
+    let controller_task = match (cfg.controller, nats_options, controller_metrics) {
+        (Some(c), Some(nats), Some(m)) => {
+            Some(start_controller(c, nats, kube.clone(), m, &shutdown).await?)
+        }
         _ => None,
     };
     let webhook_stop = Shutdown::new();
@@ -209,11 +215,27 @@ async fn start_webhook(
     }))
 }
 
+/// The controller's NATS options, with its credentials file read: one that does not load is a
+/// configuration error (exit 64), found before the Kubernetes client is needed.
+async fn nats_options(c: &ControllerSettings) -> Result<async_nats::ConnectOptions, InjectorError> {
+    let options = async_nats::ConnectOptions::new();
+    match &c.nats_credentials_file {
+        None => Ok(options),
+        Some(path) => options.credentials_file(path).await.map_err(|e| {
+            InjectorError::Config(ConfigError(vec![format!(
+                "--nats-credentials-file={:?} (HERALD_NATS_CREDENTIALS_FILE): cannot be read as a NATS credentials file: {e}",
+                path.display().to_string()
+            )]))
+        }),
+    }
+}
+
 /// Connects to NATS (in the background: an outage delays passes, not the start) and runs the
 /// controller whenever this replica holds the lease. A failed leader election (RBAC, an
 /// unreachable apiserver) is retried, so the webhook on this replica keeps serving.
 async fn start_controller(
     c: ControllerSettings,
+    nats: async_nats::ConnectOptions,
     kube: kube::Client,
     metrics: Arc<ControllerMetrics>,
     shutdown: &Shutdown,
@@ -224,13 +246,7 @@ async fn start_controller(
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|e| InjectorError::Runtime(format!("--nats-url: {e}")))?;
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some(path) = &c.nats_credentials_file {
-        options = options.credentials_file(path).await.map_err(|e| {
-            InjectorError::Runtime(format!("--nats-credentials-file {}: {e}", path.display()))
-        })?;
-    }
-    let nats = options
+    let nats = nats
         .name("herald-controller")
         .retry_on_initial_connect()
         .max_reconnects(None)

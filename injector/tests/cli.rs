@@ -62,6 +62,20 @@ fn bad_configuration_exits_64_naming_every_setting() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("/nonexistent/tls.crt: cannot read"), "{err}");
 
+    let (code, _, err) = run(&[
+        "--webhook=false",
+        "--controller=true",
+        "--nats-url=nats://127.0.0.1:1",
+        "--pod-name=herald-0",
+        "--nats-credentials-file=/nonexistent/nats.creds",
+        "--admin-listen=127.0.0.1:0",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--nats-credentials-file=\"/nonexistent/nats.creds\""),
+        "{err}"
+    );
+
     let (code, _, err) = run(&["--no-such-flag"]);
     assert_eq!(code, 64, "{err}");
 }
