@@ -598,19 +598,21 @@ pub async fn lead(
             // A pass is cut short when the lease is lost, so two replicas never act at once.
             let pass = tokio::select! {
                 _ = shutdown.wait() => None,
-                changed = leader.changed() => { let _ = changed; None }
+                _ = leader.changed() => None,
                 report = controller.pass() => Some(report),
             };
             let Some(report) = pass else { break };
             tracing::debug!(?report, "controller pass");
             tokio::select! {
                 _ = shutdown.wait() => break,
-                changed = leader.changed() => { let _ = changed; break }
+                _ = leader.changed() => break,
                 _ = tokio::time::sleep(period) => {}
             }
         }
         metrics.leader.set(0);
-        if shutdown.is_triggered() {
+        // The lease manager's task holds the sender until we drop the receiver; if it is gone
+        // anyway, nobody renews the lease, so stop rather than act without one.
+        if shutdown.is_triggered() || leader.has_changed().is_err() {
             break;
         }
         tracing::info!(identity = %lease.identity, "lease lost: the controller stops on this replica");
