@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use herald_sidecar::config::{
     ConfigError, Env, LogFormat, Resolver, parse_addr, parse_duration, parse_nats_url,
+    parse_positive_duration, parse_stream_name,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -320,25 +321,6 @@ fn parse_object_name(v: &str) -> Result<String, String> {
         Ok(v.to_owned())
     } else {
         Err("must be a Kubernetes object name (lower-case letters, digits, `-` and `.`)".into())
-    }
-}
-
-/// A JetStream stream name: no whitespace, `.`, `*`, `>`, path separators.
-fn parse_stream_name(v: &str) -> Result<String, String> {
-    if !v.is_empty()
-        && v.len() <= 255
-        && !v.contains(|c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
-    {
-        Ok(v.to_owned())
-    } else {
-        Err("must be a JetStream stream name (no whitespace, `.`, `*`, `>`, `/` or `\\`)".into())
-    }
-}
-
-fn parse_positive_duration(v: &str) -> Result<Duration, String> {
-    match parse_duration(v)? {
-        d if d.is_zero() => Err("must be more than zero".into()),
-        d => Ok(d),
     }
 }
 

@@ -578,7 +578,8 @@ fn parse_app_id(v: &str) -> Result<String, String> {
     }
 }
 
-fn parse_stream_name(v: &str) -> Result<String, String> {
+/// A stream name as the sidecar and the controller both accept it.
+pub fn parse_stream_name(v: &str) -> Result<String, String> {
     if !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -614,7 +615,7 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| err())
 }
 
-fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+pub fn parse_positive_duration(v: &str) -> Result<Duration, String> {
     match parse_duration(v)? {
         d if d.is_zero() => Err("must be more than zero".into()),
         d => Ok(d),
