@@ -15,6 +15,8 @@
 //!
 //! # Modules
 //! - [`parse`](mod@parse): lexer and parser, text to a syntax tree; [`ParseError`] with a column.
+//!   Expressions are bounded ([`MAX_LENGTH`] bytes, [`MAX_DEPTH`] levels of nesting), so no
+//!   expression can exhaust the stack of the parser, the evaluator or the tree's drop.
 //! - `ast`: the syntax tree; function calls are resolved after parsing, so an unknown function is
 //!   a compile-time [`ErrorKind::MissingFunction`].
 //! - `eval`: evaluation, with the spec's error rules (the value comes with the errors).
@@ -33,7 +35,7 @@ pub mod value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-pub use parse::ParseError;
+pub use parse::{MAX_DEPTH, MAX_LENGTH, ParseError};
 pub use value::{Type, Value};
 
 /// The spec's error kinds, named as in the TCK.

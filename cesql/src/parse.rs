@@ -5,6 +5,14 @@
 //! `%`; `+` `-`; `=` `!=` `<>`; `<` `<=` `>` `>=`; then `AND`, `OR` and `XOR`, which share one level
 //! and group from the right. Two consequences surprise SQL users and are documented: `NOT a = b`
 //! is `(NOT a) = b`, and `a AND b OR c` is `a AND (b OR c)`. Parentheses make either explicit.
+//!
+//! Expressions come from pod annotations and resources anyone may write, and the parser, the
+//! evaluator and the tree's own drop all recurse, so two limits keep every one of them inside a
+//! small stack: [`MAX_LENGTH`] bytes of source and [`MAX_DEPTH`] levels of nesting. Nesting is
+//! counted on the tree (each operator, `NOT`, minus, `LIKE`, `IN` and function call is a level,
+//! so `1 + 1 + 1` is three levels and so is `a OR b OR c`) and on the parser's own recursion
+//! (parentheses count there). Past either limit the expression is a parse error with the column
+//! where the limit was crossed.
 
 use crate::ErrorKind;
 use crate::ast::{BinOp, Literal, Node};
@@ -19,6 +27,11 @@ pub struct ParseError {
     pub column: usize,
     pub message: String,
 }
+
+/// The longest expression, in bytes of source text.
+pub const MAX_LENGTH: usize = 4096;
+/// The deepest nesting of an expression (see the module documentation for what counts).
+pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -158,19 +171,40 @@ const UNARY: u8 = 70;
 struct Parser {
     toks: Vec<Token>,
     at: usize,
+    /// How deep the parser has recursed.
+    depth: usize,
 }
+
+/// A node and the depth of the tree below it (a leaf is 1).
+type Parsed = (Node, usize);
 
 /// Parses an expression. Functions are resolved by the caller once the syntax is known to be
 /// right, so a syntax error is reported before an unknown function.
 pub(crate) fn parse(src: &str) -> Result<Node, ParseError> {
+    if src.len() > MAX_LENGTH {
+        // The column of the first character past the limit.
+        let mut end = MAX_LENGTH;
+        while !src.is_char_boundary(end) {
+            end -= 1;
+        }
+        return Err(err(
+            ErrorKind::Parse,
+            src[..end].chars().count() + 1,
+            format!(
+                "the expression is {} bytes long; the limit is {MAX_LENGTH}",
+                src.len()
+            ),
+        ));
+    }
     let mut p = Parser {
         toks: lex(src)?,
         at: 0,
+        depth: 0,
     };
     if p.peek() == &Tok::End {
         return Err(err(ErrorKind::Parse, 1, "the expression is empty"));
     }
-    let node = p.expr(0)?;
+    let (node, _) = p.expr(0)?;
     match p.peek() {
         Tok::End => Ok(node),
         other => Err(p.here(format!(
@@ -191,6 +225,36 @@ impl Parser {
 
     fn here(&self, message: String) -> ParseError {
         err(ErrorKind::Parse, self.column(), message)
+    }
+
+    fn too_deep(column: usize) -> ParseError {
+        err(
+            ErrorKind::Parse,
+            column,
+            format!(
+                "the expression nests deeper than {MAX_DEPTH} levels (each operator, NOT, LIKE, IN, function call and parenthesis is one); simplify it, or list alternatives with IN"
+            ),
+        )
+    }
+
+    /// A node one level above children of depth `below`, refused past [`MAX_DEPTH`].
+    fn node(node: Node, below: usize, column: usize) -> Result<Parsed, ParseError> {
+        let depth = below + 1;
+        if depth > MAX_DEPTH {
+            return Err(Self::too_deep(column));
+        }
+        Ok((node, depth))
+    }
+
+    /// Parses `min`-bound expression one recursion level down.
+    fn expr(&mut self, min: u8) -> Result<Parsed, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Self::too_deep(self.column()));
+        }
+        self.depth += 1;
+        let r = self.expr_at(min);
+        self.depth -= 1;
+        r
     }
 
     fn next(&mut self) -> Token {
@@ -235,7 +299,7 @@ impl Parser {
         })
     }
 
-    fn expr(&mut self, min: u8) -> Result<Node, ParseError> {
+    fn expr_at(&mut self, min: u8) -> Result<Parsed, ParseError> {
         let mut lhs = self.prefix()?;
         loop {
             // `[NOT] LIKE` and `[NOT] IN` are postfix operators above the arithmetic ones.
@@ -244,11 +308,12 @@ impl Parser {
             let op = &self.toks[op_at].tok;
             if (keyword(op, "LIKE") || keyword(op, "IN")) && POSTFIX >= min {
                 let is_like = keyword(op, "LIKE");
+                let column = self.toks[op_at].column;
                 self.at = op_at + 1;
                 lhs = if is_like {
-                    self.like(lhs, negated)?
+                    self.like(lhs, negated, column)?
                 } else {
-                    self.in_set(lhs, negated)?
+                    self.in_set(lhs, negated, column)?
                 };
                 continue;
             }
@@ -261,23 +326,32 @@ impl Parser {
             if bp < min {
                 break;
             }
-            self.next();
+            let column = self.next().column;
             // The logic operators group from the right, as in the reference grammar; the others
             // from the left.
             let rhs = self.expr(if op.is_logic() { bp } else { bp + 1 })?;
-            lhs = Node::Binary(op, Box::new(lhs), Box::new(rhs));
+            let below = lhs.1.max(rhs.1);
+            lhs = Self::node(
+                Node::Binary(op, Box::new(lhs.0), Box::new(rhs.0)),
+                below,
+                column,
+            )?;
         }
         Ok(lhs)
     }
 
-    fn like(&mut self, value: Node, negated: bool) -> Result<Node, ParseError> {
+    fn like(&mut self, value: Parsed, negated: bool, at: usize) -> Result<Parsed, ParseError> {
         let column = self.column();
         match self.next().tok {
-            Tok::Str(p) => Ok(Node::Like {
-                value: Box::new(value),
-                pattern: Pattern::new(&p),
-                negated,
-            }),
+            Tok::Str(p) => Self::node(
+                Node::Like {
+                    value: Box::new(value.0),
+                    pattern: Pattern::new(&p),
+                    negated,
+                },
+                value.1,
+                at,
+            ),
             other => Err(err(
                 ErrorKind::Parse,
                 column,
@@ -289,33 +363,45 @@ impl Parser {
         }
     }
 
-    fn in_set(&mut self, value: Node, negated: bool) -> Result<Node, ParseError> {
+    fn in_set(&mut self, value: Parsed, negated: bool, at: usize) -> Result<Parsed, ParseError> {
         self.expect("(")?;
-        let mut set = vec![self.expr(0)?];
-        while self.peek() == &Tok::Sym(",") {
+        let mut below = value.1;
+        let mut set = Vec::new();
+        loop {
+            let (item, depth) = self.expr(0)?;
+            below = below.max(depth);
+            set.push(item);
+            if self.peek() != &Tok::Sym(",") {
+                break;
+            }
             self.next();
-            set.push(self.expr(0)?);
         }
         self.expect(")")?;
-        Ok(Node::In {
-            value: Box::new(value),
-            set,
-            negated,
-        })
+        Self::node(
+            Node::In {
+                value: Box::new(value.0),
+                set,
+                negated,
+            },
+            below,
+            at,
+        )
     }
 
-    fn prefix(&mut self) -> Result<Node, ParseError> {
+    fn prefix(&mut self) -> Result<Parsed, ParseError> {
+        let leaf = |n: Node| Ok((n, 1));
         let Token { tok, column } = self.next();
         match tok {
-            Tok::Int(n) => int_literal(n, false, column),
-            Tok::Str(s) => Ok(Node::Lit(Literal::String(s))),
+            Tok::Int(n) => leaf(int_literal(n, false, column)?),
+            Tok::Str(s) => leaf(Node::Lit(Literal::String(s))),
             Tok::Sym("-") => {
                 // A minus right before a number is part of the literal, so -2147483648 is valid.
                 if let Tok::Int(n) = *self.peek() {
                     self.next();
-                    return int_literal(n, true, column);
+                    return leaf(int_literal(n, true, column)?);
                 }
-                Ok(Node::Neg(Box::new(self.expr(UNARY)?)))
+                let (x, below) = self.expr(UNARY)?;
+                Self::node(Node::Neg(Box::new(x)), below, column)
             }
             Tok::Sym("(") => {
                 let inner = self.expr(0)?;
@@ -323,15 +409,18 @@ impl Parser {
                 Ok(inner)
             }
             Tok::Word(w) if w.eq_ignore_ascii_case("NOT") => {
-                Ok(Node::Not(Box::new(self.expr(UNARY)?)))
+                let (x, below) = self.expr(UNARY)?;
+                Self::node(Node::Not(Box::new(x)), below, column)
             }
-            Tok::Word(w) if w.eq_ignore_ascii_case("TRUE") => Ok(Node::Lit(Literal::Bool(true))),
-            Tok::Word(w) if w.eq_ignore_ascii_case("FALSE") => Ok(Node::Lit(Literal::Bool(false))),
+            Tok::Word(w) if w.eq_ignore_ascii_case("TRUE") => leaf(Node::Lit(Literal::Bool(true))),
+            Tok::Word(w) if w.eq_ignore_ascii_case("FALSE") => {
+                leaf(Node::Lit(Literal::Bool(false)))
+            }
             Tok::Word(w) if w.eq_ignore_ascii_case("EXISTS") => {
                 let column = self.column();
                 match self.next().tok {
                     Tok::Word(name) if !is_keyword(&name) => {
-                        Ok(Node::Exists(identifier(&name, column)?))
+                        leaf(Node::Exists(identifier(&name, column)?))
                     }
                     other => Err(err(
                         ErrorKind::Parse,
@@ -343,11 +432,16 @@ impl Parser {
             Tok::Word(w) if self.peek() == &Tok::Sym("(") => {
                 self.next();
                 let mut args = Vec::new();
+                let mut below = 0;
                 if self.peek() != &Tok::Sym(")") {
-                    args.push(self.expr(0)?);
-                    while self.peek() == &Tok::Sym(",") {
+                    loop {
+                        let (arg, depth) = self.expr(0)?;
+                        below = below.max(depth);
+                        args.push(arg);
+                        if self.peek() != &Tok::Sym(",") {
+                            break;
+                        }
                         self.next();
-                        args.push(self.expr(0)?);
                     }
                 }
                 self.expect(")")?;
@@ -358,13 +452,17 @@ impl Parser {
                         format!("`{w}` is not a function name (letters and `_`)"),
                     ));
                 }
-                Ok(Node::Call {
-                    name: w.to_ascii_uppercase(),
+                Self::node(
+                    Node::Call {
+                        name: w.to_ascii_uppercase(),
+                        column,
+                        args,
+                    },
+                    below,
                     column,
-                    args,
-                })
+                )
             }
-            Tok::Word(w) if !is_keyword(&w) => Ok(Node::Attr(identifier(&w, column)?)),
+            Tok::Word(w) if !is_keyword(&w) => leaf(Node::Attr(identifier(&w, column)?)),
             other => Err(err(
                 ErrorKind::Parse,
                 column,
@@ -449,6 +547,99 @@ mod tests {
             column("-2147483649").1,
             "integer -2147483649 is out of range (32-bit)"
         );
+    }
+
+    /// Expressions of one shape that nest deeper as `k` grows.
+    type Shape = (&'static str, fn(usize) -> String);
+
+    const SHAPES: [Shape; 7] = [
+        ("parentheses", |k| {
+            format!("{}a = 'x'{}", "(".repeat(k), ")".repeat(k))
+        }),
+        ("NOT", |k| format!("{}TRUE", "NOT ".repeat(k))),
+        ("minus", |k| format!("{}a = 1", "-".repeat(k))),
+        ("OR chain", |k| vec!["a = 'x'"; k + 1].join(" OR ")),
+        ("+ chain", |k| {
+            format!("{} = 1", vec!["1"; k + 1].join(" + "))
+        }),
+        ("calls", |k| {
+            format!("{}a{} = 'x'", "LOWER(".repeat(k), ")".repeat(k))
+        }),
+        ("IN", |k| {
+            format!("{}TRUE{}", "a IN (".repeat(k), ")".repeat(k))
+        }),
+    ];
+
+    /// The deepest expression of each shape that parses; one level more must be refused for
+    /// its depth, with a column.
+    fn deepest() -> Vec<(&'static str, String)> {
+        SHAPES
+            .iter()
+            .map(|(name, shape)| {
+                let k = (1..).find(|&k| parse(&shape(k + 1)).is_err()).unwrap();
+                let e = parse(&shape(k + 1)).unwrap_err();
+                assert!(
+                    e.message.contains("nests deeper than 64 levels"),
+                    "{name}: {e}"
+                );
+                assert!(e.column > 1, "{name}: {e}");
+                // Each shape nests one level per step, give or take the comparison around it.
+                assert!(k + 3 >= MAX_DEPTH && k <= MAX_DEPTH, "{name}: {k}");
+                (*name, shape(k))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_an_error_with_its_column() {
+        assert_eq!(deepest().len(), SHAPES.len());
+        // The column is where the limit was crossed: the 65th level starts at the 65th `(`.
+        let src = format!("{}a{}", "(".repeat(70), ")".repeat(70));
+        assert_eq!(parse(&src).unwrap_err().column, 65);
+    }
+
+    #[test]
+    fn length_past_the_limit_is_an_error() {
+        let at_limit = format!("a = '{}'", "x".repeat(MAX_LENGTH - 6));
+        assert_eq!(at_limit.len(), MAX_LENGTH);
+        assert!(parse(&at_limit).is_ok());
+        let e = parse(&format!("{at_limit} ")).unwrap_err();
+        assert_eq!((e.column, e.kind), (MAX_LENGTH + 1, ErrorKind::Parse));
+        assert!(e.message.contains("the limit is 4096"), "{e}");
+        // What crashed injectors before the limits: 100,000 parentheses, 50,000 NOTs.
+        for src in [
+            format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000)),
+            format!("{}TRUE", "NOT ".repeat(50_000)),
+        ] {
+            assert!(
+                parse(&src)
+                    .unwrap_err()
+                    .message
+                    .contains("the limit is 4096")
+            );
+        }
+    }
+
+    #[test]
+    fn the_deepest_expressions_fit_a_small_stack() {
+        // Parse, evaluate, print and drop each deepest shape on a thread with half the stack a
+        // tokio worker has (2 MiB). A debug build needs about 700 KiB for the deepest shape, a
+        // release build less than 128 KiB.
+        let worker = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let event = std::collections::BTreeMap::from([("a".to_string(), "x".to_string())]);
+                for (shape, src) in deepest() {
+                    let e =
+                        crate::Expression::parse(&src).unwrap_or_else(|e| panic!("{shape}: {e}"));
+                    let _ = e.evaluate(&event);
+                    let _ = e.test(&event);
+                    let _ = format!("{e:?}");
+                    drop(e.clone());
+                }
+            })
+            .unwrap();
+        worker.join().expect("no stack overflow");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use herald_sidecar::admin::{Admin, Ready, ReadyState};
 use herald_sidecar::app::init_logging;
+use herald_sidecar::config::ListenerLimits;
 use herald_sidecar::config::{ConfigError, Env};
-use herald_sidecar::http_server;
+use herald_sidecar::http_server::{self, HttpMetrics, Limits, Listener, Server};
 use herald_sidecar::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -98,6 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let http_metrics = HttpMetrics::new(registry.sub_registry_with_prefix("herald_injector"));
     let controller_metrics = cfg
         .controller
         .is_some()
@@ -116,7 +118,14 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
     tracing::info!(addr = %admin_addr, "admin API listening");
     let admin_task = tokio::spawn(http_server::serve(
-        "admin",
+        Server {
+            listener: Listener::Admin,
+            limits: Limits {
+                max_connections: cfg.listeners.admin_max_connections,
+                header_read_timeout: cfg.listeners.header_read_timeout,
+            },
+            metrics: http_metrics.clone(),
+        },
         admin_listener,
         admin_stop.clone(),
         Duration::from_secs(1),
@@ -149,10 +158,10 @@ pub async fn run(cfg: Config) -> Result<(), InjectorError> {
                 w,
                 certs,
                 kube,
-                metrics.clone(),
+                (metrics.clone(), http_metrics),
                 &shutdown,
                 &webhook_stop,
-                cfg.shutdown_grace,
+                (cfg.shutdown_grace, cfg.listeners),
             )
             .await?,
         ),
@@ -181,10 +190,10 @@ async fn start_webhook(
     w: WebhookConfig,
     certs: Arc<Certificates>,
     client: kube::Client,
-    metrics: Arc<Metrics>,
+    (metrics, http_metrics): (Arc<Metrics>, Arc<HttpMetrics>),
     shutdown: &Shutdown,
     stop: &Shutdown,
-    grace: Duration,
+    (grace, limits): (Duration, ListenerLimits),
 ) -> Result<tokio::task::JoinHandle<()>, InjectorError> {
     let namespace = client.default_namespace().to_owned();
     let cluster = Cluster::new(client, LOOKUP_TIMEOUT);
@@ -199,17 +208,26 @@ async fn start_webhook(
     let listener = bind("--webhook-listen", w.listen).await?;
     let addr = listener.local_addr().unwrap_or(w.listen);
     tracing::info!(%addr, native_sidecar = native, image = %config.sidecar_image, "webhook listening (HTTPS)");
-    let webhook = Arc::new(Webhook {
+    let webhook = Arc::new(Webhook::new(
         config,
         cluster,
-        metrics: metrics.clone(),
-    });
+        metrics.clone(),
+        limits.body_read_timeout,
+    ));
+    let server = Server {
+        listener: Listener::Webhook,
+        limits: Limits {
+            max_connections: limits.max_connections,
+            header_read_timeout: limits.header_read_timeout,
+        },
+        metrics: http_metrics,
+    };
     // Checked here so a configuration error stops the start, not the server task.
     certs.server_config()?;
     tokio::spawn(certs.clone().watch(metrics, shutdown.clone()));
     let stop = stop.clone();
     Ok(tokio::spawn(async move {
-        if let Err(e) = webhook::serve(listener, certs, webhook, stop, grace).await {
+        if let Err(e) = webhook::serve(server, listener, certs, webhook, stop, grace).await {
             tracing::error!(error = %e, "the webhook stopped");
         }
     }))
@@ -219,11 +237,11 @@ async fn start_webhook(
 /// configuration error (exit 64), found before the Kubernetes client is needed.
 async fn nats_options(c: &ControllerSettings) -> Result<async_nats::ConnectOptions, InjectorError> {
     let options = async_nats::ConnectOptions::new();
-    match &c.nats_credentials_file {
+    match &c.nats_creds {
         None => Ok(options),
         Some(path) => options.credentials_file(path).await.map_err(|e| {
             InjectorError::Config(ConfigError(vec![format!(
-                "--nats-credentials-file={:?} (HERALD_NATS_CREDENTIALS_FILE): cannot be read as a NATS credentials file: {e}",
+                "--nats-creds={:?} (HERALD_NATS_CREDS): cannot be read as a NATS credentials file: {e}",
                 path.display().to_string()
             )]))
         }),

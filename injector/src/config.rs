@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use herald_sidecar::config::{
-    ConfigError, Env, LogFormat, Resolver, parse_addr, parse_duration, parse_nats_url,
-    parse_positive_duration, parse_stream_name,
+    ConfigError, Env, ListenerArgs, ListenerLimits, LogFormat, Resolver, in_range, parse_addr,
+    parse_nats_url, parse_stream_name,
 };
+use herald_sidecar::limits::DurationRange;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -90,9 +91,10 @@ pub struct ServeArgs {
     /// Dead-letter stream name [default: HERALD_DLQ]
     #[arg(long)]
     pub dlq_stream: Option<String>,
-    /// NATS credentials file of the controller itself [default: none]
-    #[arg(long)]
-    pub nats_credentials_file: Option<String>,
+    /// NATS credentials file of the controller itself (also --nats-credentials-file, the
+    /// spelling of earlier releases) [default: none]
+    #[arg(long, alias = "nats-credentials-file")]
+    pub nats_creds: Option<String>,
     /// This replica's name, its identity in the controller Lease [default: $HOSTNAME]
     #[arg(long)]
     pub pod_name: Option<String>,
@@ -111,6 +113,19 @@ pub struct ServeArgs {
     /// Time to finish open requests after SIGTERM [default: 15s]
     #[arg(long)]
     pub shutdown_grace: Option<String>,
+    /// Time a client has to send a request head, after the TLS handshake and between requests
+    /// (so also how long a keep-alive connection may idle) [default: 30s]
+    #[arg(long)]
+    pub header_read_timeout: Option<String>,
+    /// Time a client has to send a request body once its head arrived [default: 30s]
+    #[arg(long)]
+    pub body_read_timeout: Option<String>,
+    /// Open connections of the webhook; more are closed at once [default: 256]
+    #[arg(long)]
+    pub webhook_max_connections: Option<String>,
+    /// Open connections of the admin API; more are closed at once [default: 128]
+    #[arg(long)]
+    pub admin_max_connections: Option<String>,
     /// Log format: text or json [default: text]
     #[arg(long)]
     pub log_format: Option<String>,
@@ -131,6 +146,8 @@ pub struct Config {
     pub controller: Option<ControllerSettings>,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// `max_connections` is the webhook's.
+    pub listeners: ListenerLimits,
     pub log_format: LogFormat,
 }
 
@@ -139,7 +156,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
     pub nats_url: String,
-    pub nats_credentials_file: Option<PathBuf>,
+    pub nats_creds: Option<PathBuf>,
     pub event_stream: String,
     pub stream: String,
     pub dlq_stream: String,
@@ -202,7 +219,24 @@ impl Config {
             &args.sidecar_memory_limit,
             Some("128Mi"),
         );
-        let shutdown_grace = r.get("shutdown-grace", &args.shutdown_grace, parse_duration);
+        let shutdown_grace = r.get(
+            "shutdown-grace",
+            &args.shutdown_grace,
+            in_range(herald_sidecar::limits::SHUTDOWN_GRACE),
+        );
+        let listeners = ListenerLimits::resolve(
+            &mut r,
+            ListenerArgs {
+                header_read_timeout: &args.header_read_timeout,
+                body_read_timeout: &args.body_read_timeout,
+                max_connections: (
+                    "webhook-max-connections",
+                    &args.webhook_max_connections,
+                    crate::limits::DEFAULT_WEBHOOK_MAX_CONNECTIONS,
+                ),
+                admin_max_connections: &args.admin_max_connections,
+            },
+        );
         let log_format = r.get("log-format", &args.log_format, |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -212,14 +246,15 @@ impl Config {
         let period = r.get(
             "controller-period",
             &args.controller_period,
-            parse_positive_duration,
+            in_range(CONTROLLER_PERIOD),
         );
-        let orphan_grace = r.get("orphan-grace", &args.orphan_grace, parse_duration);
+        let orphan_grace = r.get("orphan-grace", &args.orphan_grace, in_range(ORPHAN_GRACE));
         let stream = r.get("stream", &args.stream, parse_stream_name);
         let dlq_stream = r.get("dlq-stream", &args.dlq_stream, parse_stream_name);
-        let creds_file = r.get(
+        let creds_file = r.get_renamed(
+            "nats-creds",
             "nats-credentials-file",
-            &args.nats_credentials_file,
+            &args.nats_creds,
             parse_path,
         );
         let pod_name = r
@@ -237,7 +272,7 @@ impl Config {
             url.zip(identity)
                 .map(|(nats_url, identity)| ControllerSettings {
                     nats_url,
-                    nats_credentials_file: creds_file,
+                    nats_creds: creds_file,
                     event_stream: event_stream.unwrap_or_else(|| crate::crd::DEFAULT_NAME.into()),
                     stream: stream.unwrap_or_else(|| "HERALD".into()),
                     dlq_stream: dlq_stream.unwrap_or_else(|| "HERALD_DLQ".into()),
@@ -296,10 +331,18 @@ impl Config {
             controller,
             admin_listen: admin_listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9250))),
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(15)),
+            listeners,
             log_format: log_format.unwrap_or(LogFormat::Text),
         })
     }
 }
+
+/// `--controller-period`.
+const CONTROLLER_PERIOD: DurationRange =
+    DurationRange::new(Duration::from_secs(1), Duration::from_secs(24 * 3600));
+/// `--orphan-grace`.
+const ORPHAN_GRACE: DurationRange =
+    DurationRange::new(Duration::ZERO, Duration::from_secs(365 * 86_400));
 
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
@@ -511,7 +554,7 @@ mod tests {
         for needle in [
             "--nats-url (HERALD_NATS_URL): required with the controller",
             "--controller-period",
-            "more than zero",
+            "must be from 1s to 24h",
             "--stream",
         ] {
             assert!(e.contains(needle), "{needle:?} missing from {e}");
@@ -539,6 +582,57 @@ mod tests {
         );
         assert_eq!(c.orphan_grace, Duration::from_secs(600));
         assert_eq!(c.period, Duration::from_secs(15));
+        // The credentials file under its earlier name, as a variable; the new one wins.
+        let creds = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("HOSTNAME", "h"), ("HERALD_NATS_URL", "nats://n:4222")];
+            all.extend_from_slice(pairs);
+            let args = ServeArgs {
+                webhook: Some("false".into()),
+                controller: Some("true".into()),
+                ..Default::default()
+            };
+            Config::resolve(&args, &env(&all))
+                .unwrap()
+                .controller
+                .unwrap()
+                .nats_creds
+        };
+        assert_eq!(
+            creds(&[("HERALD_NATS_CREDENTIALS_FILE", "/old")]),
+            Some("/old".into())
+        );
+        assert_eq!(
+            creds(&[
+                ("HERALD_NATS_CREDENTIALS_FILE", "/old"),
+                ("HERALD_NATS_CREDS", "/new")
+            ]),
+            Some("/new".into())
+        );
+    }
+
+    #[test]
+    fn listener_limits_have_ranges() {
+        let e = Config::resolve(
+            &ServeArgs {
+                header_read_timeout: Some("9000000000000000000s".into()),
+                webhook_max_connections: Some("0".into()),
+                shutdown_grace: Some("1000d".into()),
+                ..Default::default()
+            },
+            &env(&[
+                ("HERALD_SIDECAR_IMAGE", "i"),
+                ("HERALD_NATS_URL", "nats://n:4222"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "--header-read-timeout=\"9000000000000000000s\": must be from 100ms to 1h",
+            "--webhook-max-connections=\"0\": must be a whole number from 1 to 100000",
+            "--shutdown-grace=\"1000d\": must be from 0s to 1h",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
     }
 
     #[test]

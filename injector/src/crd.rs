@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use herald_sidecar::config::{parse_bytes, parse_duration};
+use herald_sidecar::config::{in_range, parse_bytes};
+use herald_sidecar::limits::DurationRange;
 use herald_sidecar::streams::StreamPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -204,6 +205,11 @@ fn dlq_bytes() -> String {
     "256MiB".into()
 }
 
+/// Ages and windows of a stream: a hundred years at most (0 is no limit where allowed), so no
+/// value can overflow on its way to JetStream's nanoseconds.
+const MAX_AGE: DurationRange =
+    DurationRange::new(Duration::ZERO, Duration::from_secs(36_500 * 86_400));
+
 /// The name of the EventStream the controller reconciles (the chart installs it).
 pub const DEFAULT_NAME: &str = "default";
 
@@ -222,7 +228,7 @@ impl EventStreamSpec {
                 .and_then(|b| i64::try_from(b).map_err(|_| format!("spec.{field}: too large")))
         };
         let duration = |field: &str, v: &str| -> Result<Duration, String> {
-            parse_duration(v).map_err(|e| format!("spec.{field}: {e}, not {v:?}"))
+            in_range(MAX_AGE)(v).map_err(|e| format!("spec.{field}: {e}, not {v:?}"))
         };
         let mut ev = StreamPolicy::events(events);
         ev.storage = match self.storage {
@@ -310,6 +316,17 @@ mod tests {
         assert_eq!(
             e,
             "spec.maxBytes: must be a size such as 1048576, 512KiB or 1MiB, not \"lots\""
+        );
+    }
+
+    #[test]
+    fn durations_have_a_range() {
+        let e = spec("maxAge: 9000000000000000000s")
+            .policies("E", "D")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "spec.maxAge: must be from 0s to 36500d, not \"9000000000000000000s\""
         );
     }
 

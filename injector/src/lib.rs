@@ -20,6 +20,8 @@
 //! - [`controller`]: the leader-elected pass: EventStream status and Events, delivery defaults
 //!   to the sidecars' key-value bucket, missed injections, orphan consumers.
 //! - [`tls`]: rustls (ring) with a certificate reloaded when its files change.
+//! - [`limits`]: every limit on what reaches the control plane (connections, timeouts, body
+//!   sizes); the annotation contract's limits are the sidecar's.
 //! - [`config`]: flags and `HERALD_*` variables; [`metrics`]: what is measured; [`app`]:
 //!   wiring, readiness and the drain.
 //!
@@ -33,6 +35,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod inventory;
+pub mod limits;
 pub mod metrics;
 pub mod mutate;
 pub mod reconcile;

@@ -2,10 +2,14 @@
 //! cluster (only for pods that ask for the sidecar), answers with [`review`], and counts and logs
 //! the outcome.
 //!
-//! HTTP-level errors (wrong path, method, content type, a body that is too large or not an
-//! AdmissionReview) are answered with their status and a one-line reason; the apiserver then
+//! HTTP-level errors (wrong path, method, content type, a body that is too large, too slow or not
+//! an AdmissionReview) are answered with their status and a one-line reason; the apiserver then
 //! applies the webhook's `failurePolicy`. Everything about the pod itself is answered `200` with
 //! an AdmissionReview.
+//!
+//! Any pod can reach the webhook, so besides the listener's limits ([`crate::limits`]) at most
+//! [`MAX_CONCURRENT_ADMISSIONS`] requests are read and decided at once, which bounds the memory
+//! their bodies can take.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,27 +28,45 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::appid;
 use crate::cluster::Cluster;
+use crate::limits::{MAX_ADMISSION_BODY_BYTES, MAX_CONCURRENT_ADMISSIONS, TLS_HANDSHAKE_TIMEOUT};
 use crate::metrics::{AdmissionLabels, Lookup, Metrics, NotInjectedLabels, Outcome};
 use crate::mutate::{Context, Decision, InjectorConfig, NotInjected, wants_injection};
 use crate::review;
 use crate::tls::Certificates;
 use herald_sidecar::admin::text;
-use herald_sidecar::http_server::{self, HttpResponse};
+use herald_sidecar::http_server::{self, HttpResponse, Server};
 use herald_sidecar::shutdown::Shutdown;
+use tokio::sync::Semaphore;
 
 /// Where the apiserver sends AdmissionReviews (the chart's MutatingWebhookConfiguration says
 /// the same; a test checks it).
 pub const MUTATE_PATH: &str = "/mutate";
 
-/// An AdmissionReview of a pod is a few KiB; the apiserver's own request limit is 3 MiB.
-pub const MAX_BODY_BYTES: usize = 8 << 20;
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct Webhook {
     pub config: InjectorConfig,
     pub cluster: Cluster,
     pub metrics: Arc<Metrics>,
+    /// How long a client has to send the body once its head arrived.
+    pub body_read_timeout: Duration,
+    /// Slots for admissions being read and decided.
+    pub admissions: Arc<Semaphore>,
+}
+
+impl Webhook {
+    pub fn new(
+        config: InjectorConfig,
+        cluster: Cluster,
+        metrics: Arc<Metrics>,
+        body_read_timeout: Duration,
+    ) -> Self {
+        Webhook {
+            config,
+            cluster,
+            metrics,
+            body_read_timeout,
+            admissions: Arc::new(Semaphore::new(MAX_CONCURRENT_ADMISSIONS)),
+        }
+    }
 }
 
 impl Webhook {
@@ -78,15 +100,33 @@ impl Webhook {
                     .into(),
             );
         }
-        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
+        // The slot is held while the body is read and the pod decided; waiting for one counts
+        // against the body timeout, which the client's own timeout (the apiserver's 10 s) beats.
+        let timeout = self.body_read_timeout;
+        let read = async {
+            let slot = self.admissions.clone().acquire_owned().await;
+            let body = Limited::new(req.into_body(), MAX_ADMISSION_BODY_BYTES)
+                .collect()
+                .await;
+            (slot, body)
+        };
+        let (_slot, body) = match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                return self.bad(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {timeout:?}"),
+                );
+            }
+        };
+        let body = match body {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.bad(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {MAX_BODY_BYTES} bytes"),
+                    format!(
+                        "the body is over {MAX_ADMISSION_BODY_BYTES} bytes (the apiserver never sends more)"
+                    ),
                 );
             }
             Err(e) => {
@@ -227,6 +267,7 @@ fn plain(status: StatusCode, reason: &str) -> HttpResponse {
 
 /// Serves the webhook over TLS on `listener` until `shutdown`, then drains within `grace`.
 pub async fn serve(
+    server: Server,
     listener: TcpListener,
     certs: Arc<Certificates>,
     webhook: Arc<Webhook>,
@@ -237,7 +278,7 @@ pub async fn serve(
     let handshake = move |stream: TcpStream| {
         let acceptor = acceptor.clone();
         async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(r) => r,
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -247,6 +288,6 @@ pub async fn serve(
         }
     };
     let handler = move |_peer: SocketAddr, req| webhook.clone().handle(req);
-    http_server::serve_with("webhook", listener, shutdown, grace, handshake, handler).await;
+    http_server::serve_with(server, listener, shutdown, grace, handshake, handler).await;
     Ok(())
 }

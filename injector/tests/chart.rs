@@ -459,10 +459,7 @@ fn options_render_what_they_promise() {
         env["HERALD_NATS_CREDENTIALS_SECRET"],
         "nats-user/nats.creds"
     );
-    assert_eq!(
-        env["HERALD_NATS_CREDENTIALS_FILE"],
-        "/etc/herald/nats/nats.creds"
-    );
+    assert_eq!(env["HERALD_NATS_CREDS"], "/etc/herald/nats/nats.creds");
     let cfg = Config::resolve(&ServeArgs::default(), &env).unwrap();
     assert_eq!(
         cfg.webhook

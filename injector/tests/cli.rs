@@ -67,14 +67,25 @@ fn bad_configuration_exits_64_naming_every_setting() {
         "--controller=true",
         "--nats-url=nats://127.0.0.1:1",
         "--pod-name=herald-0",
-        "--nats-credentials-file=/nonexistent/nats.creds",
+        "--nats-creds=/nonexistent/nats.creds",
         "--admin-listen=127.0.0.1:0",
     ]);
     assert_eq!(code, 64, "{err}");
     assert!(
-        err.contains("--nats-credentials-file=\"/nonexistent/nats.creds\""),
+        err.contains("--nats-creds=\"/nonexistent/nats.creds\" (HERALD_NATS_CREDS)"),
         "{err}"
     );
+    // The spelling of earlier releases still works, as a flag and as a variable.
+    let (code, _, err) = run(&[
+        "--webhook=false",
+        "--controller=true",
+        "--nats-url=nats://127.0.0.1:1",
+        "--pod-name=herald-0",
+        "--nats-credentials-file=/nonexistent/nats.creds",
+        "--admin-listen=127.0.0.1:0",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent/nats.creds"), "{err}");
 
     let (code, _, err) = run(&["--no-such-flag"]);
     assert_eq!(code, 64, "{err}");
@@ -143,69 +154,107 @@ fn addr_in(line: &str, message: &str) -> Option<SocketAddr> {
         .find_map(|w| w.strip_prefix("addr=")?.parse().ok())
 }
 
+/// A running `herald-injector` against the scripted API of [`start_api`], with the webhook and
+/// admin addresses it logged. Killed on drop.
+struct Injector {
+    child: std::process::Child,
+    webhook: SocketAddr,
+    admin: SocketAddr,
+    pki: Pki,
+    native: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Injector {
+    async fn start(extra: &[&str]) -> Injector {
+        let api = start_api().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://{api}\nusers:\n- name: mock\n  user:\n    token: test\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: herald-system\ncurrent-context: mock\n"
+            ),
+        )
+        .unwrap();
+        let pki = Pki::new("herald test CA");
+        let (cert, key) = pki.issue("herald-injector.herald-system.svc");
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+
+        let mut child = Command::new(BIN)
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HERALD_SIDECAR_IMAGE", "ghcr.io/herald/sidecar:test")
+            .env("HERALD_NATS_URL", "nats://nats.nats:4222")
+            .args([
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("tls.key"))
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("injector: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let (mut webhook, mut admin, mut native) = (None, None, false);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while webhook.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the injector logs both addresses");
+            admin = admin.or(addr_in(&line, "admin API listening"));
+            if let Some(a) = addr_in(&line, "webhook listening") {
+                native = line.contains("native_sidecar=true");
+                webhook = Some(a);
+            }
+        }
+        let (webhook, admin) = (webhook.unwrap(), admin.unwrap());
+        while herald_sidecar::admin::get_ok(admin, "/readyz").await != Some(true) {
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Injector {
+            child,
+            webhook,
+            admin,
+            pki,
+            native,
+            _dir: dir,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_run_detects_native_sidecars_injects_over_https_and_drains_on_sigterm() {
-    let api = start_api().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://{api}\nusers:\n- name: mock\n  user:\n    token: test\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: herald-system\ncurrent-context: mock\n"
-        ),
-    )
-    .unwrap();
-    let pki = Pki::new("herald test CA");
-    let (cert, key) = pki.issue("herald-injector.herald-system.svc");
-    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+    let mut injector = Injector::start(&[]).await;
+    let (webhook, admin) = (injector.webhook, injector.admin);
+    assert!(injector.native, "the probe found native sidecars");
 
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("HERALD_SIDECAR_IMAGE", "ghcr.io/herald/sidecar:test")
-        .env("HERALD_NATS_URL", "nats://nats.nats:4222")
-        .args([
-            "--webhook-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--tls-cert-file")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.path().join("tls.key"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("injector: {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let (mut webhook, mut admin, mut native) = (None, None, false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while webhook.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the injector logs both addresses");
-        admin = admin.or(addr_in(&line, "admin API listening"));
-        if let Some(a) = addr_in(&line, "webhook listening") {
-            native = line.contains("native_sidecar=true");
-            webhook = Some(a);
-        }
-    }
-    let (webhook, admin) = (webhook.unwrap(), admin.unwrap());
-    assert!(native, "the probe found native sidecars");
-    while herald_sidecar::admin::get_ok(admin, "/readyz").await != Some(true) {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let mut conn = Conn::open(webhook, &pki.ca).await;
+    let mut conn = Conn::open(webhook, &injector.pki.ca).await;
     let (code, body) = conn
         .post(
             "/mutate?timeout=10s",
@@ -232,7 +281,7 @@ async fn a_whole_run_detects_native_sidecars_injects_over_https_and_drains_on_si
 
     // SIGTERM: unready at once, still answering while the endpoint is being removed, then gone.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(injector.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -247,13 +296,88 @@ async fn a_whole_run_detects_native_sidecars_injects_over_https_and_drains_on_si
     assert_eq!(code, 200, "answers during the unready delay");
     let exit_by = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = injector.child.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < exit_by, "did not exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_filters_and_slow_clients_do_not_stop_the_webhook() {
+    let timeout = Duration::from_secs(2);
+    let mut injector = Injector::start(&["--header-read-timeout", "2s"]).await;
+    let (webhook, admin) = (injector.webhook, injector.admin);
+    let ca = injector.pki.ca.clone();
+
+    // Each filter aborted the whole process (webhook and controller) before the limits.
+    for (filter, message) in common::hostile_filters() {
+        let body = common::fixture_with("a-orders", "herald.dev/filter", &filter);
+        let (code, answer) = Conn::open(webhook, &ca)
+            .await
+            .post("/mutate", "application/json", body)
+            .await;
+        assert_eq!(code, 200);
+        let wire: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(wire["response"]["allowed"], false);
+        let text = wire["response"]["status"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{message:?} not in {text:?}");
+        assert!(
+            injector.alive(),
+            "the injector died on a filter of {} bytes",
+            filter.len()
+        );
+    }
+
+    // 200 clients that finish the TLS handshake, then send half a request head and stop.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let opened = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = Conn::handshake(webhook, &ca).await.expect("TLS handshake");
+        s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        slow.push(s);
+    }
+    // Meanwhile a real admission is answered.
+    let (code, _) = Conn::open(webhook, &ca)
+        .await
+        .post("/mutate", "application/json", fixture("a-orders"))
+        .await;
+    assert_eq!(code, 200);
+    let closed = futures::future::join_all(slow.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }));
+    tokio::time::timeout(timeout + Duration::from_secs(8), closed)
+        .await
+        .expect("every half-sent request is cut off within the header read timeout");
+    assert!(opened.elapsed() >= timeout, "closed before the timeout");
+    let m = metrics(admin).await;
+    let timeouts: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("herald_injector_http_header_timeouts_total{listener=\"webhook\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    assert!(timeouts >= 200.0, "{m}");
+    assert!(injector.alive());
+    let (code, _) = Conn::open(webhook, &ca)
+        .await
+        .post("/mutate", "application/json", fixture("a-orders"))
+        .await;
+    assert_eq!(code, 200);
 }
 
 async fn metrics(admin: SocketAddr) -> String {

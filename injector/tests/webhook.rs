@@ -149,13 +149,33 @@ async fn http_errors_name_the_problem() {
     assert_eq!(code, 400);
     assert!(text(body).contains("no request"));
     // Over the limit: refused before it is parsed.
-    let big = vec![b' '; herald_injector::webhook::MAX_BODY_BYTES + 1];
+    let big = vec![b' '; herald_injector::limits::MAX_ADMISSION_BODY_BYTES + 1];
     let (code, body) = server.post("/mutate", "application/json", big).await;
     assert_eq!(code, 413);
     assert!(text(body).contains("bytes"));
     assert_eq!(
         server.metric("herald_injector_admissions_total{outcome=\"BadRequest\",dry_run=\"false\"}"),
         4.0
+    );
+}
+
+#[tokio::test]
+async fn deep_and_long_filters_are_denied_naming_the_limit_and_the_webhook_keeps_serving() {
+    let server = Server::start(config(true), &MockApi::fixtures()).await;
+    for (filter, message) in common::hostile_filters() {
+        let body = common::fixture_with("a-orders", "herald.dev/filter", &filter);
+        let (code, answer) = server.post("/mutate", "application/json", body).await;
+        assert_eq!(code, 200);
+        let wire: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(wire["response"]["allowed"], false);
+        let text = wire["response"]["status"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{message:?} not in {text:?}");
+    }
+    let (resp, pod) = mutate(&server, "a-orders").await;
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(
+        pod.spec.unwrap().init_containers.unwrap()[0].name,
+        SIDECAR_NAME
     );
 }
 

@@ -224,7 +224,9 @@ pub async fn get_ok(admin: std::net::SocketAddr, path: &str) -> Option<bool> {
 
 /// `herald wait`: polls `/healthz` every 100 ms until it answers 200, or fails after `timeout`.
 pub async fn wait_healthy(admin: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
-    let until = tokio::time::Instant::now() + timeout;
+    let until = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(tokio::time::Instant::now);
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(1), get_ok(admin, "/healthz"));
         if let Ok(Some(true)) = attempt.await {

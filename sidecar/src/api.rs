@@ -32,6 +32,8 @@ pub struct ApiConfig {
     /// Default `source` of `/events/{type}`.
     pub app_id: String,
     pub max_body_bytes: u64,
+    /// How long a client has to send the body once the head arrived.
+    pub body_read_timeout: std::time::Duration,
     /// Types this app may publish; empty means any. Swapped by a reload of the annotations.
     pub publish_allow: Arc<arc_swap::ArcSwap<Vec<TypeFilter>>>,
 }
@@ -176,8 +178,11 @@ impl Api {
             }
             "application/cloudevents-batch+json" => {
                 let body = self.read_body(&parts.headers, body).await?;
-                self.store_batch(event::from_batch(&body)?, trace, mode)
-                    .await
+                let items = event::from_batch(&body).map_err(|e| match e {
+                    EventError::BatchTooLarge(n) => PublishError::TooManyEvents(n),
+                    e => e.into(),
+                })?;
+                self.store_batch(items, trace, mode).await
             }
             e if e.starts_with("application/cloudevents") => {
                 Err(PublishError::UnsupportedMediaType(ct.to_owned()))
@@ -244,6 +249,7 @@ impl Api {
             .await
             .map_err(|e| match e {
                 PublishError::TooLarge { .. } => LegacyError::too_large(e.to_string()),
+                PublishError::SlowBody(_) => LegacyError::other(408, e.to_string()),
                 e => LegacyError::bad_payload(e.to_string()),
             })?;
         let ev = legacy::to_event(&app, &body)?;
@@ -261,10 +267,18 @@ impl Api {
         ))
     }
 
-    /// Reads the body up to the limit. Past the limit nothing more is kept: the rest is read and
-    /// discarded (up to [`DISCARD_LIMIT`] times the limit, for at most [`DISCARD_TIME`]) so the
-    /// client, still writing, receives its `413` instead of a broken pipe.
-    async fn read_body(
+    /// Reads the body up to the limit, within the body read timeout (`408` after it). Past the
+    /// limit nothing more is kept: the rest is read and discarded (up to [`DISCARD_LIMIT`] times
+    /// the limit, for at most [`DISCARD_TIME`]) so the client, still writing, receives its `413`
+    /// instead of a broken pipe.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, PublishError> {
+        let timeout = self.cfg.body_read_timeout;
+        tokio::time::timeout(timeout, self.read_body_now(headers, body))
+            .await
+            .unwrap_or(Err(PublishError::SlowBody(timeout)))
+    }
+
+    async fn read_body_now(
         &self,
         headers: &HeaderMap,
         mut body: Incoming,
@@ -294,7 +308,7 @@ impl Api {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            len += data.len() as u64;
+            len = len.saturating_add(data.len() as u64);
             if len > limit {
                 drop((first, rest));
                 discard(body, limit).await;
@@ -304,7 +318,8 @@ impl Api {
                 None if rest.is_empty() => first = Some(data),
                 None => rest.extend_from_slice(&data),
                 Some(f) => {
-                    rest.reserve(declared.unwrap_or(len) as usize);
+                    // `declared` is at most the limit here; reserving it saves the copies.
+                    rest.reserve(usize::try_from(declared.unwrap_or(len)).unwrap_or(0));
                     rest.extend_from_slice(&f);
                     rest.extend_from_slice(&data);
                 }

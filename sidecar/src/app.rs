@@ -18,7 +18,7 @@ use crate::config::{
 use crate::consumer::Subscriber;
 use crate::defaults::{self, Defaults};
 use crate::deliver::Deliverer;
-use crate::http_server;
+use crate::http_server::{self, HttpMetrics, Limits, Listener, Server};
 use crate::live::Subscriptions;
 use crate::metrics::Metrics;
 use crate::natsd::{self, NatsServer, NatsServerOptions, NatsdError};
@@ -73,7 +73,8 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
             command: StreamCommand::Info(args),
         } => {
             init_logging(LogFormat::Text);
-            stream_info(&config::resolve_nats_url(&args, env)?).await?;
+            let (url, creds) = config::resolve_conn(&args, env)?;
+            stream_info(&url, creds.as_deref()).await?;
             Ok(0)
         }
         Command::Deadletter { command } => {
@@ -150,6 +151,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let http_metrics = HttpMetrics::new(registry.sub_registry_with_prefix("herald"));
     let nats = NatsConfig {
         url: url.clone(),
         name: format!("herald-{}", cfg.app_id),
@@ -189,11 +191,17 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
     signals
         .listen_for_signals()
         .map_err(|e| AppError::Runtime(format!("cannot watch signals: {e}")))?;
-    let (buffer, drainer) = AsyncBuffer::start(broker.clone(), cfg.async_buffer, metrics.clone());
+    let (buffer, drainer) = AsyncBuffer::start(
+        broker.clone(),
+        cfg.async_buffer,
+        cfg.async_buffer_bytes,
+        metrics.clone(),
+    );
     let publish_allow = Arc::new(arc_swap::ArcSwap::from_pointee(cfg.publish_allow.clone()));
     let api_cfg = ApiConfig {
         app_id: cfg.app_id.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        body_read_timeout: cfg.listeners.body_read_timeout,
         publish_allow: publish_allow.clone(),
     };
     let api = Arc::new(Api::new(
@@ -249,8 +257,16 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
 
     // The admin server outlives the drain, so probes and metrics stay answerable during it.
     let admin_stop = Shutdown::new();
+    let server = |listener, max_connections| Server {
+        listener,
+        limits: Limits {
+            max_connections,
+            header_read_timeout: cfg.listeners.header_read_timeout,
+        },
+        metrics: http_metrics.clone(),
+    };
     let admin_task = tokio::spawn(http_server::serve(
-        "admin",
+        server(Listener::Admin, cfg.listeners.admin_max_connections),
         admin_listener,
         admin_stop.clone(),
         Duration::from_secs(1),
@@ -273,7 +289,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         ))
     });
     http_server::serve(
-        "publish",
+        server(Listener::Publish, cfg.listeners.max_connections),
         listener,
         shutdown.clone(),
         grace,
@@ -405,12 +421,10 @@ async fn create_streams(broker: &Broker, cfg: &ServeConfig) -> Result<(), AppErr
 }
 
 /// `herald stream info`.
-pub async fn stream_info(url: &str) -> Result<(), AppError> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+pub async fn stream_info(url: &str, creds: Option<&str>) -> Result<(), AppError> {
+    let client = broker::connect_once(url, creds)
         .await
-        .map_err(|e| AppError::Runtime(format!("cannot connect to NATS at {url}: {e}")))?;
+        .map_err(AppError::Runtime)?;
     let js = async_nats::jetstream::new(client);
     let list = streams::list(&js)
         .await

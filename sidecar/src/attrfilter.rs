@@ -21,6 +21,9 @@ use herald_cesql::{ErrorKind, Expression, Type, Value};
 use percent_encoding::percent_decode_str;
 
 use crate::event::CE_PREFIX;
+use crate::limits::{
+    MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_FILTER_DEPTH, MAX_FILTERS,
+};
 
 /// One compiled filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,31 +56,73 @@ pub fn compile_sql(src: &str) -> Result<Expression, String> {
 }
 
 /// Parses the `filters:` list. Errors name the path (`filters[1].any[0].prefix`) and the rule.
+/// At most [`MAX_FILTERS`] filters and attribute tests in all, nested at most
+/// [`MAX_FILTER_DEPTH`] deep: every event is checked against them, and matching recurses.
 pub fn parse_list(v: &yaml_serde::Value) -> Result<Vec<AttrFilter>, Vec<String>> {
-    let mut errors = Vec::new();
-    let out = list(v, "filters", &mut errors);
-    if errors.is_empty() {
+    let mut walk = Walk {
+        errors: Vec::new(),
+        count: 0,
+    };
+    let out = list(v, "filters", 1, &mut walk);
+    if walk.errors.is_empty() {
         Ok(out)
     } else {
-        Err(errors)
+        Err(walk.errors)
     }
 }
 
-fn list(v: &yaml_serde::Value, at: &str, errors: &mut Vec<String>) -> Vec<AttrFilter> {
+struct Walk {
+    errors: Vec<String>,
+    /// Filters and attribute tests seen so far.
+    count: usize,
+}
+
+impl Walk {
+    /// Counts `n` more; false (with the error, once) past the limit.
+    fn take(&mut self, n: usize, at: &str) -> bool {
+        let before = self.count;
+        self.count += n;
+        if self.count > MAX_FILTERS {
+            if before <= MAX_FILTERS {
+                self.errors.push(format!(
+                    "{at}: a subscription has at most {MAX_FILTERS} filters, counted through every level"
+                ));
+            }
+            return false;
+        }
+        true
+    }
+}
+
+fn list(v: &yaml_serde::Value, at: &str, depth: usize, walk: &mut Walk) -> Vec<AttrFilter> {
+    if depth > MAX_FILTER_DEPTH {
+        walk.errors.push(format!(
+            "{at}: filters nest at most {MAX_FILTER_DEPTH} levels deep"
+        ));
+        return Vec::new();
+    }
     match v.as_sequence() {
-        Some(items) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| one(f, &format!("{at}[{i}]"), errors))
-            .collect(),
+        Some(items) if !items.is_empty() => {
+            let mut out = Vec::new();
+            for (i, f) in items.iter().enumerate() {
+                let at = format!("{at}[{i}]");
+                if !walk.take(1, &at) {
+                    break;
+                }
+                out.extend(one(f, &at, depth, walk));
+            }
+            out
+        }
         _ => {
-            errors.push(format!("{at}: must be a non-empty list of filters"));
+            walk.errors
+                .push(format!("{at}: must be a non-empty list of filters"));
             Vec::new()
         }
     }
 }
 
-fn one(v: &yaml_serde::Value, at: &str, errors: &mut Vec<String>) -> Option<AttrFilter> {
+fn one(v: &yaml_serde::Value, at: &str, depth: usize, walk: &mut Walk) -> Option<AttrFilter> {
+    let errors = &mut walk.errors;
     let map = v.as_mapping().filter(|m| m.len() == 1);
     let Some((key, body)) = map.and_then(|m| m.iter().next()) else {
         errors.push(format!(
@@ -98,16 +143,24 @@ fn one(v: &yaml_serde::Value, at: &str, errors: &mut Vec<String>) -> Option<Attr
                     "must map attribute names to values, e.g. {source: \"https://\"}".into(),
                 );
             };
+            if m.len() > MAX_FILTERS {
+                return bad(format!(
+                    "tests {} attributes; the limit is {MAX_FILTERS} per filter",
+                    m.len()
+                ));
+            }
             let mut pairs = Vec::new();
             for (k, v) in m {
                 let name = k.as_str().unwrap_or_default();
                 if name.is_empty()
+                    || name.len() > MAX_ATTRIBUTE_NAME_BYTES
                     || !name
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 {
+                    let shown: String = name.chars().take(80).collect();
                     return bad(format!(
-                        "{name:?} is not an attribute name (lowercase letters and digits)"
+                        "{shown:?} is not an attribute name (lowercase letters and digits, at most {MAX_ATTRIBUTE_NAME_BYTES} bytes)"
                     ));
                 }
                 let value = match v {
@@ -119,6 +172,12 @@ fn one(v: &yaml_serde::Value, at: &str, errors: &mut Vec<String>) -> Option<Attr
                 if value.is_empty() && dialect != "exact" {
                     return bad(format!("the value of {name} must not be empty"));
                 }
+                if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+                    return bad(format!(
+                        "the value of {name} is {} bytes long; the limit is {MAX_ATTRIBUTE_VALUE_BYTES}",
+                        value.len()
+                    ));
+                }
                 pairs.push((name.to_owned(), value));
             }
             Some(match dialect {
@@ -127,15 +186,26 @@ fn one(v: &yaml_serde::Value, at: &str, errors: &mut Vec<String>) -> Option<Attr
                 _ => AttrFilter::Suffix(pairs),
             })
         }
-        "all" => Some(AttrFilter::All(list(body, &at, errors))),
-        "any" => Some(AttrFilter::Any(list(body, &at, errors))),
-        "not" => one(body, &at, errors).map(|f| AttrFilter::Not(Box::new(f))),
+        "all" => Some(AttrFilter::All(list(body, &at, depth + 1, walk))),
+        "any" => Some(AttrFilter::Any(list(body, &at, depth + 1, walk))),
+        "not" if depth >= MAX_FILTER_DEPTH => bad(format!(
+            "filters nest at most {MAX_FILTER_DEPTH} levels deep"
+        )),
+        "not" => {
+            if !walk.take(1, &at) {
+                return None;
+            }
+            one(body, &at, depth + 1, walk).map(|f| AttrFilter::Not(Box::new(f)))
+        }
         "sql" => match body.as_str().map(compile_sql) {
             Some(Ok(e)) => Some(AttrFilter::Sql(e)),
             Some(Err(rule)) => bad(rule),
             None => bad("must be a CESQL expression as a string".into()),
         },
-        other => bad(format!("{other:?} is not a filter dialect ({DIALECTS})")),
+        other => {
+            let shown: String = other.chars().take(80).collect();
+            bad(format!("{shown:?} is not a filter dialect ({DIALECTS})"))
+        }
     }
 }
 
@@ -301,6 +371,40 @@ mod tests {
     }
 
     #[test]
+    fn nesting_and_counts_are_bounded() {
+        let nested = |n: usize| {
+            let mut y = "{exact: {a: b}}".to_string();
+            for _ in 0..n {
+                y = format!("{{any: [{y}]}}");
+            }
+            format!("[{y}]")
+        };
+        assert!(parse(&nested(MAX_FILTER_DEPTH - 1)).is_ok());
+        let e = parse(&nested(MAX_FILTER_DEPTH)).unwrap_err();
+        assert!(
+            e[0].ends_with("filters nest at most 16 levels deep"),
+            "{e:?}"
+        );
+        let nots = format!(
+            "[{}{{exact: {{a: b}}}}{}]",
+            "{not: ".repeat(40),
+            "}".repeat(40)
+        );
+        assert!(parse(&nots).unwrap_err()[0].contains("filters nest at most 16 levels deep"));
+        let many = format!("[{}]", vec!["{exact: {a: b}}"; MAX_FILTERS + 1].join(", "));
+        let e = parse(&many).unwrap_err();
+        assert_eq!(
+            e,
+            ["filters[64]: a subscription has at most 64 filters, counted through every level"]
+        );
+        let long = format!("[{{exact: {{a: '{}'}}}}]", "x".repeat(5000));
+        assert!(
+            parse(&long).unwrap_err()[0]
+                .contains("the value of a is 5000 bytes long; the limit is 4096")
+        );
+    }
+
+    #[test]
     fn errors_name_the_path_and_the_rule() {
         let e = |yaml: &str| parse(yaml).unwrap_err().join(" | ");
         assert_eq!(e("[]"), "filters: must be a non-empty list of filters");
@@ -314,7 +418,7 @@ mod tests {
         );
         assert_eq!(
             e("[{any: [{prefix: {Source: x}}]}]"),
-            "filters[0].any[0].prefix: \"Source\" is not an attribute name (lowercase letters and digits)"
+            "filters[0].any[0].prefix: \"Source\" is not an attribute name (lowercase letters and digits, at most 64 bytes)"
         );
         assert_eq!(
             e("[{suffix: {subject: ''}}]"),

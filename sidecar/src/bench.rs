@@ -32,9 +32,7 @@ pub mod deliver;
 
 use crate::app::AppError;
 use crate::broker::nats_headers;
-use crate::config::{
-    ConfigError, Env, Resolver, parse_bytes, parse_count, parse_duration, parse_nats_url,
-};
+use crate::config::{ConfigError, Env, Resolver, parse_bytes, parse_count, parse_nats_url};
 use crate::event::{Event, TraceContext};
 use crate::natsd::{self, NatsServer, NatsServerOptions};
 use crate::streams::{self, StreamPolicy};
@@ -108,10 +106,18 @@ impl Settings {
                 .unwrap_or(64),
             payload: r.get("payload", &a.payload, parse_bytes).unwrap_or(256) as usize,
             duration: r
-                .get("duration", &a.duration, parse_duration)
+                .get(
+                    "duration",
+                    &a.duration,
+                    crate::config::in_range(crate::limits::BENCH_DURATION),
+                )
                 .unwrap_or(Duration::from_secs(10)),
             warmup: r
-                .get("warmup", &a.warmup, parse_duration)
+                .get(
+                    "warmup",
+                    &a.warmup,
+                    crate::config::in_range(crate::limits::BENCH_DURATION),
+                )
                 .unwrap_or(Duration::from_secs(2)),
             batch: r
                 .get("batch", &a.batch, |v| parse_count(v, 1, 10_000))

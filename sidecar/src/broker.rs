@@ -114,6 +114,23 @@ pub async fn connect(
         .await
 }
 
+/// One connection for a command that runs and exits (`herald stream info`, `herald deadletter`):
+/// it fails at once instead of reconnecting forever. The error names the URL.
+pub async fn connect_once(url: &str, creds: Option<&str>) -> Result<Client, String> {
+    let options = match creds {
+        Some(path) => ConnectOptions::new()
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("--nats-creds={path:?}: {e}"))?,
+        None => ConnectOptions::new(),
+    };
+    options
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
+}
+
 /// Publishes events to JetStream.
 #[derive(Clone)]
 pub struct Broker {

@@ -1,9 +1,12 @@
 //! The async durability mode (`herald-durability: async`): the API answers `202` once the event is
 //! in this bounded in-memory buffer, and a worker stores it in JetStream, retrying transient
 //! failures (the `Nats-Msg-Id` makes retries safe). Events still here when the pod dies are lost;
-//! that is the contract the app opted into. A full buffer answers `503` with `Retry-After`.
+//! that is the contract the app opted into. A full buffer answers `503` with `Retry-After`: full
+//! means its event count or its byte budget (data and attributes of what it holds) is reached, so
+//! large events cannot grow the sidecar past its memory limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -21,6 +24,23 @@ const WORKER_CONCURRENCY: usize = 256;
 struct Job {
     event: Event,
     trace: TraceContext,
+    /// What the job counts against the byte budget.
+    bytes: u64,
+}
+
+/// The bytes an event holds in memory, near enough.
+fn size_of(event: &Event) -> u64 {
+    let attributes: usize = event
+        .attributes
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
+    (event.data.len()
+        + event.id.len()
+        + event.source.len()
+        + event.ty.len()
+        + event.datacontenttype.as_ref().map_or(0, String::len)
+        + attributes) as u64
 }
 
 /// The sending side, held by the API.
@@ -28,6 +48,8 @@ struct Job {
 pub struct AsyncBuffer {
     tx: mpsc::Sender<Job>,
     capacity: usize,
+    max_bytes: u64,
+    bytes: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -38,14 +60,22 @@ pub struct Drainer {
 }
 
 impl AsyncBuffer {
-    pub fn start(broker: Broker, capacity: usize, metrics: Arc<Metrics>) -> (AsyncBuffer, Drainer) {
+    pub fn start(
+        broker: Broker,
+        capacity: usize,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> (AsyncBuffer, Drainer) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (close, close_rx) = watch::channel(None);
-        let worker = tokio::spawn(worker(broker, rx, close_rx, metrics.clone()));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let worker = tokio::spawn(worker(broker, rx, close_rx, bytes.clone(), metrics.clone()));
         (
             AsyncBuffer {
                 tx,
                 capacity,
+                max_bytes,
+                bytes,
                 metrics,
             },
             Drainer { close, worker },
@@ -53,13 +83,34 @@ impl AsyncBuffer {
     }
 
     pub fn try_enqueue(&self, event: Event, trace: TraceContext) -> Result<(), PublishError> {
-        match self.tx.try_send(Job { event, trace }) {
+        let size = size_of(&event);
+        let held = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if held.saturating_add(size) > self.max_bytes {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(PublishError::BufferFull(format!(
+                "it holds {held} bytes of events and this one has {size}; the limit is {} bytes",
+                self.max_bytes
+            )));
+        }
+        match self.tx.try_send(Job {
+            event,
+            trace,
+            bytes: size,
+        }) {
             Ok(()) => {
                 self.metrics.async_buffered.inc();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(PublishError::BufferFull(self.capacity)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::ShuttingDown),
+            Err(e) => {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => PublishError::BufferFull(format!(
+                        "{} events are waiting, the limit",
+                        self.capacity
+                    )),
+                    mpsc::error::TrySendError::Closed(_) => PublishError::ShuttingDown,
+                })
+            }
         }
     }
 }
@@ -67,10 +118,13 @@ impl AsyncBuffer {
 impl Drainer {
     /// Stops taking events, stores what is buffered until `deadline`, and drops the rest.
     pub async fn drain(self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(Instant::now);
         self.close.send_replace(Some(deadline));
         // The worker watches the deadline itself; the margin only guards against a stuck publish.
-        let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.worker).await;
+        let _ =
+            tokio::time::timeout(grace.saturating_add(Duration::from_secs(1)), self.worker).await;
     }
 }
 
@@ -78,6 +132,7 @@ async fn worker(
     broker: Broker,
     mut rx: mpsc::Receiver<Job>,
     mut close: watch::Receiver<Option<Instant>>,
+    bytes: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 ) {
     let permits = Arc::new(Semaphore::new(WORKER_CONCURRENCY));
@@ -95,9 +150,16 @@ async fn worker(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (broker, metrics, close) = (broker.clone(), metrics.clone(), close.clone());
+        let (broker, metrics, close, bytes) = (
+            broker.clone(),
+            metrics.clone(),
+            close.clone(),
+            bytes.clone(),
+        );
         tasks.spawn(async move {
+            let size = job.bytes;
             store(&broker, job, &close, &metrics).await;
+            bytes.fetch_sub(size, Ordering::AcqRel);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -117,7 +179,9 @@ async fn store(
             Ok(()) => break None,
             Err(e) if e.is_transient() => {
                 let deadline = *close.borrow();
-                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                if deadline
+                    .is_some_and(|d| Instant::now().checked_add(delay).is_none_or(|t| t >= d))
+                {
                     break Some((DropReason::Shutdown, e));
                 }
                 tokio::time::sleep(delay).await;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::defaults::Defaults;
 use crate::filter::TypeFilter;
+use crate::limits::{self, DurationRange};
 use crate::streams::{DLQ_STREAM, EVENTS_STREAM};
 use crate::subscribe::{self, PodConfig};
 
@@ -114,6 +115,9 @@ pub struct ConnArgs {
     /// NATS server(s), comma-separated [default: nats://127.0.0.1:4222]
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// NATS credentials file (user JWT and NKey seed) [default: none]
+    #[arg(long)]
+    pub nats_creds: Option<String>,
 }
 
 /// Flags of `sidecar` and `dev`. Values stay strings here and are parsed in [`ServeConfig::resolve`],
@@ -150,6 +154,22 @@ pub struct ServeArgs {
     /// Time to finish in-flight work after SIGTERM [default: 20s]
     #[arg(long)]
     pub shutdown_grace: Option<String>,
+    /// Time a client has to send a request head; also how long a keep-alive connection may
+    /// idle (both listeners) [default: 30s]
+    #[arg(long)]
+    pub header_read_timeout: Option<String>,
+    /// Time a client has to send a request body once its head arrived (408 after it) [default: 30s]
+    #[arg(long)]
+    pub body_read_timeout: Option<String>,
+    /// Open connections of the publish API; more are closed at once [default: 1024]
+    #[arg(long)]
+    pub max_connections: Option<String>,
+    /// Open connections of the admin API; more are closed at once [default: 128]
+    #[arg(long)]
+    pub admin_max_connections: Option<String>,
+    /// Bytes the async buffer holds (herald-durability: async), besides its count [default: 64MiB]
+    #[arg(long)]
+    pub async_buffer_bytes: Option<String>,
     /// Comma-separated type filters this app may publish (others get 403) [default: any]
     #[arg(long)]
     pub publish_allow: Option<String>,
@@ -210,7 +230,7 @@ impl WaitArgs {
     pub fn resolve(&self, env: &dyn Env) -> Result<(SocketAddr, Duration), ConfigError> {
         let mut r = Resolver::new(env);
         let addr = r.get("admin-listen", &self.admin_listen, parse_addr);
-        let timeout = r.get("timeout", &self.timeout, parse_positive_duration);
+        let timeout = r.get("timeout", &self.timeout, in_range(limits::WAIT_TIMEOUT));
         r.finish()?;
         let mut addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9250)));
         if addr.ip().is_unspecified() {
@@ -256,7 +276,10 @@ pub struct ServeConfig {
     pub max_body_bytes: u64,
     pub publish_timeout: Duration,
     pub async_buffer: usize,
+    pub async_buffer_bytes: u64,
     pub shutdown_grace: Duration,
+    /// Limits of both listeners.
+    pub listeners: ListenerLimits,
     pub publish_allow: Vec<TypeFilter>,
     pub log_format: LogFormat,
     pub nats_server_bin: String,
@@ -267,6 +290,68 @@ pub struct ServeConfig {
     pub pod: PodConfig,
     /// Where `pod` came from, to read it again when the annotations file changes.
     pub pod_source: PodSource,
+}
+
+/// What a client of a listener may do: see [`crate::limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// Open connections of the publish API (or the webhook, in the injector).
+    pub max_connections: usize,
+    pub admin_max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_read_timeout: limits::DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: limits::DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: limits::DEFAULT_PUBLISH_MAX_CONNECTIONS,
+            admin_max_connections: limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// The flags of [`ListenerLimits`], shared by `herald` and `herald-injector`.
+pub struct ListenerArgs<'a> {
+    pub header_read_timeout: &'a Option<String>,
+    pub body_read_timeout: &'a Option<String>,
+    pub max_connections: (&'static str, &'a Option<String>, usize),
+    pub admin_max_connections: &'a Option<String>,
+}
+
+impl ListenerLimits {
+    /// Reads the listener flags, each checked against its range.
+    pub fn resolve(r: &mut Resolver<'_>, args: ListenerArgs<'_>) -> ListenerLimits {
+        let (lo, hi) = limits::MAX_CONNECTIONS_RANGE;
+        let d = ListenerLimits::default();
+        let (flag, cli, default) = args.max_connections;
+        ListenerLimits {
+            header_read_timeout: r
+                .get(
+                    "header-read-timeout",
+                    args.header_read_timeout,
+                    in_range(limits::READ_TIMEOUT_RANGE),
+                )
+                .unwrap_or(d.header_read_timeout),
+            body_read_timeout: r
+                .get(
+                    "body-read-timeout",
+                    args.body_read_timeout,
+                    in_range(limits::READ_TIMEOUT_RANGE),
+                )
+                .unwrap_or(d.body_read_timeout),
+            max_connections: r
+                .get(flag, cli, |v| parse_count(v, lo, hi))
+                .unwrap_or(default),
+            admin_max_connections: r
+                .get("admin-max-connections", args.admin_max_connections, |v| {
+                    parse_count(v, lo, hi)
+                })
+                .unwrap_or(d.admin_max_connections),
+        }
+    }
 }
 
 /// Default path of the downward API annotations file in the pod.
@@ -293,10 +378,33 @@ impl<'a> Resolver<'a> {
 
     /// The raw value and where it came from (for the error message).
     fn raw(&self, flag: &str, cli: &Option<String>) -> Option<(String, String)> {
-        let var = format!("HERALD_{}", flag.to_ascii_uppercase().replace('-', "_"));
         match cli {
             Some(v) => Some((v.clone(), format!("--{flag}"))),
-            None => self.env.var(&var).map(|v| (v, var)),
+            None => self.var(flag),
+        }
+    }
+
+    fn var(&self, flag: &str) -> Option<(String, String)> {
+        let var = format!("HERALD_{}", flag.to_ascii_uppercase().replace('-', "_"));
+        self.env.var(&var).map(|v| (v, var))
+    }
+
+    /// [`Resolver::get`] for a setting renamed from `old` (whose flag clap takes as an alias):
+    /// the old variable is read when neither the flag nor the new variable is set.
+    pub fn get_renamed<T>(
+        &mut self,
+        flag: &str,
+        old: &str,
+        cli: &Option<String>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (value, origin) = self.raw(flag, cli).or_else(|| self.var(old))?;
+        match parse(value.trim()) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                self.errors.push(format!("{origin}={value:?}: {problem}"));
+                None
+            }
         }
     }
 
@@ -335,19 +443,40 @@ impl ServeConfig {
         let nats_url = r.get("nats-url", &args.nats_url, parse_nats_url);
         let listen = r.get("listen", &args.listen, parse_addr);
         let admin_listen = r.get("admin-listen", &args.admin_listen, parse_addr);
-        let app_id = r.get("app-id", &args.app_id, parse_app_id);
+        let app_id = r.get("app-id", &args.app_id, |v| {
+            parse_name(v, limits::MAX_APP_ID_BYTES)
+        });
         let stream = r.get("stream", &args.stream, parse_stream_name);
         let dlq_stream = r.get("dlq-stream", &args.dlq_stream, parse_stream_name);
         let max_body_bytes = r.get("max-body-bytes", &args.max_body_bytes, parse_bytes);
         let publish_timeout = r.get(
             "publish-timeout",
             &args.publish_timeout,
-            parse_positive_duration,
+            in_range(limits::PUBLISH_TIMEOUT),
         );
         let async_buffer = r.get("async-buffer", &args.async_buffer, |v| {
-            parse_count(v, 1, 10_000_000)
+            let (lo, hi) = limits::ASYNC_BUFFER_RANGE;
+            parse_count(v, lo, hi)
         });
-        let shutdown_grace = r.get("shutdown-grace", &args.shutdown_grace, parse_duration);
+        let async_buffer_bytes = r.get("async-buffer-bytes", &args.async_buffer_bytes, parse_bytes);
+        let shutdown_grace = r.get(
+            "shutdown-grace",
+            &args.shutdown_grace,
+            in_range(limits::SHUTDOWN_GRACE),
+        );
+        let listeners = ListenerLimits::resolve(
+            &mut r,
+            ListenerArgs {
+                header_read_timeout: &args.header_read_timeout,
+                body_read_timeout: &args.body_read_timeout,
+                max_connections: (
+                    "max-connections",
+                    &args.max_connections,
+                    limits::DEFAULT_PUBLISH_MAX_CONNECTIONS,
+                ),
+                admin_max_connections: &args.admin_max_connections,
+            },
+        );
         let log_format = r.get("log-format", &args.log_format, |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -356,17 +485,11 @@ impl ServeConfig {
         let nats_server_bin = r.get("nats-server-bin", &args.nats_server_bin, |v| {
             Ok(v.to_owned())
         });
-        let nats_creds = r.get("nats-creds", &args.nats_creds, |v| {
-            // Read now so a missing or unreadable Secret mount is a configuration error with
-            // the path, not a connect error later.
-            match std::fs::read_to_string(v) {
-                Ok(text) if text.contains("-----BEGIN NATS USER JWT-----") => Ok(v.to_owned()),
-                Ok(_) => Err("is not a NATS credentials file (no user JWT block)".into()),
-                Err(e) => Err(format!("cannot read: {e}")),
-            }
-        });
+        let nats_creds = r.get("nats-creds", &args.nats_creds, parse_creds);
         let namespace = r
-            .get("namespace", &args.namespace, parse_app_id)
+            .get("namespace", &args.namespace, |v| {
+                parse_name(v, limits::MAX_NAMESPACE_BYTES)
+            })
             .unwrap_or_else(|| "default".into());
         let pod_source = PodSource::resolve(&mut r, mode, args);
         let pod = match pod_source.load() {
@@ -412,7 +535,9 @@ impl ServeConfig {
             max_body_bytes: max_body_bytes.unwrap_or(1 << 20),
             publish_timeout: publish_timeout.unwrap_or(Duration::from_secs(5)),
             async_buffer: async_buffer.unwrap_or(10_000),
+            async_buffer_bytes: async_buffer_bytes.unwrap_or(limits::DEFAULT_ASYNC_BUFFER_BYTES),
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(20)),
+            listeners,
             publish_allow: pod
                 .as_ref()
                 .map(|p| p.publish_allow.clone())
@@ -478,18 +603,19 @@ impl PodSource {
             overlay,
             max_attempts: r
                 .get("max-attempts", &args.max_attempts, |v| {
-                    parse_count(v, 1, 1000)
+                    let (lo, hi) = limits::MAX_ATTEMPTS_RANGE;
+                    parse_count(v, lo as usize, hi as usize)
                 })
-                .map(|n| n as u32),
+                .and_then(|n| u32::try_from(n).ok()),
             attempt_timeout: r.get(
                 "attempt-timeout",
                 &args.attempt_timeout,
-                parse_positive_duration,
+                in_range(limits::DELIVERY_DURATION),
             ),
             redelivery_delay: r.get(
                 "redelivery-delay",
                 &args.redelivery_delay,
-                parse_positive_duration,
+                in_range(limits::DELIVERY_DURATION),
             ),
         }
     }
@@ -504,7 +630,7 @@ impl PodSource {
         let mut errors = Vec::new();
         let mut annotations = std::collections::BTreeMap::new();
         if let Some((path, explicit)) = &self.file {
-            match std::fs::read_to_string(path) {
+            match read_capped(path, crate::limits::MAX_ANNOTATIONS_FILE_BYTES) {
                 Ok(text) => match subscribe::parse_downward_api(&text) {
                     Ok(a) => annotations = a,
                     Err(e) => errors.push(format!("--annotations-file={path:?}: {e}")),
@@ -545,12 +671,42 @@ impl PodSource {
     }
 }
 
-/// Resolves `--nats-url` for the commands that only connect.
-pub fn resolve_nats_url(args: &ConnArgs, env: &dyn Env) -> Result<String, ConfigError> {
+/// Reads a text file of at most `max` bytes (the error says so past it).
+fn read_capped(path: &str, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// A NATS credentials file, read now so a missing or unreadable Secret mount is a configuration
+/// error with the path, not a connect error later.
+pub fn parse_creds(v: &str) -> Result<String, String> {
+    match read_capped(v, 64 << 10) {
+        Ok(text) if text.contains("-----BEGIN NATS USER JWT-----") => Ok(v.to_owned()),
+        Ok(_) => Err("is not a NATS credentials file (no user JWT block)".into()),
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
+}
+
+/// Resolves `--nats-url` and `--nats-creds` for the commands that only connect.
+pub fn resolve_conn(
+    args: &ConnArgs,
+    env: &dyn Env,
+) -> Result<(String, Option<String>), ConfigError> {
     let mut r = Resolver::new(env);
     let url = r.get("nats-url", &args.nats_url, parse_nats_url);
+    let creds = r.get("nats-creds", &args.nats_creds, parse_creds);
     r.finish()?;
-    Ok(url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
+    Ok((url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()), creds))
 }
 
 pub fn parse_nats_url(v: &str) -> Result<String, String> {
@@ -570,9 +726,13 @@ pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "must be an IP address and port, such as 127.0.0.1:8250".into())
 }
 
-fn parse_app_id(v: &str) -> Result<String, String> {
+/// An app id or a namespace: non-empty, no whitespace or control characters, at most `max`
+/// bytes.
+pub fn parse_name(v: &str, max: usize) -> Result<String, String> {
     if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Err("must be non-empty, without whitespace".into())
+    } else if v.len() > max {
+        Err(format!("is {} bytes long; the limit is {max}", v.len()))
     } else {
         Ok(v.to_owned())
     }
@@ -597,9 +757,10 @@ pub fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
     }
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+/// `500ms`, `5s`, `2m`, `1h`, `7d`, or plain seconds. Callers check the range that applies
+/// ([`in_range`]): this only refuses what is not a duration or does not fit one.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let err = || "must be a duration such as 500ms, 5s, 2m or 1h".to_string();
+    let err = || "must be a duration such as 500ms, 5s, 2m, 1h or 7d".to_string();
     let split = v
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(v.len());
@@ -610,9 +771,15 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return Err(err()),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| err())
+}
+
+/// A parser of durations within `range`: the error names the range.
+pub fn in_range(range: DurationRange) -> impl Fn(&str) -> Result<Duration, String> {
+    move |v| parse_duration(v).and_then(|d| range.check(d))
 }
 
 pub fn parse_positive_duration(v: &str) -> Result<Duration, String> {
@@ -711,6 +878,15 @@ mod tests {
         assert!(parse_bytes("0").is_err());
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("9000000000000000000000s").is_err());
+        let timeout = in_range(limits::DELIVERY_DURATION);
+        assert_eq!(
+            timeout("9000000000000000000s"),
+            Err("must be from 1ms to 24h".into())
+        );
+        assert_eq!(timeout("0s"), Err("must be from 1ms to 24h".into()));
+        assert_eq!(timeout("24h"), Ok(Duration::from_secs(86_400)));
     }
 }

@@ -67,8 +67,16 @@ pub fn filter_subject(filter: &TypeFilter) -> String {
 
 /// The consumer configuration of a subscription.
 pub fn config(who: &Subscriber, sub: &Subscription) -> consumer::pull::Config {
-    let local_time = sub.attempt_timeout * sub.retry.local_attempts
-        + sub.retry.local_backoff * 2u32.saturating_pow(sub.retry.local_attempts);
+    // Saturating: the annotation contract bounds every term, and a consumer must never be the
+    // place where an unchecked value panics.
+    let local_time = sub
+        .attempt_timeout
+        .saturating_mul(sub.retry.local_attempts)
+        .saturating_add(
+            sub.retry
+                .local_backoff
+                .saturating_mul(2u32.saturating_pow(sub.retry.local_attempts)),
+        );
     consumer::pull::Config {
         durable_name: Some(who.consumer_name(&sub.filter)),
         description: Some(who.describe(&sub.filter)),
@@ -76,10 +84,12 @@ pub fn config(who: &Subscriber, sub: &Subscription) -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         // The sidecar also sends in-progress acks between local retries; this is the margin for a
         // sidecar that dies mid-delivery: its messages come back after ack_wait.
-        ack_wait: (local_time + Duration::from_secs(5)).min(Duration::from_secs(600)),
+        ack_wait: local_time
+            .saturating_add(Duration::from_secs(5))
+            .min(Duration::from_secs(600)),
         // herald keeps the attempt budget itself (local and broker attempts together).
         max_deliver: -1,
-        max_ack_pending: sub.max_in_flight as i64,
+        max_ack_pending: i64::try_from(sub.max_in_flight).unwrap_or(i64::MAX),
         deliver_policy: match sub.start {
             StartPosition::New => consumer::DeliverPolicy::New,
             StartPosition::All => consumer::DeliverPolicy::All,
@@ -134,6 +144,22 @@ mod tests {
         // What a filter selects is exactly what `matches` accepts.
         let subj = crate::subject::event_subject("shop", "order.created.v1");
         assert!(subj.starts_with("herald.shop.order."));
+    }
+
+    #[test]
+    fn extreme_settings_do_not_overflow() {
+        let who = Subscriber {
+            namespace: "ns".into(),
+            app_id: "app".into(),
+        };
+        let mut sub = Subscription::new(f("a"));
+        sub.attempt_timeout = Duration::MAX;
+        sub.retry.local_attempts = u32::MAX;
+        sub.retry.local_backoff = Duration::MAX;
+        sub.max_in_flight = usize::MAX;
+        let c = config(&who, &sub);
+        assert_eq!(c.ack_wait, Duration::from_secs(600));
+        assert_eq!(c.max_ack_pending, i64::MAX);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct DeadletterArgs {
     /// NATS server(s) [default: nats://127.0.0.1:4222]
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// NATS credentials file (user JWT and NKey seed) [default: none]
+    #[arg(long)]
+    pub nats_creds: Option<String>,
     /// Dead-letter stream [default: HERALD_DLQ]
     #[arg(long)]
     pub dlq_stream: Option<String>,
@@ -204,7 +207,7 @@ pub async fn run(
     command: crate::config::DeadletterCommand,
     env: &dyn crate::config::Env,
 ) -> Result<(), AppError> {
-    use crate::config::{DeadletterCommand, Resolver, parse_duration, parse_nats_url};
+    use crate::config::{DeadletterCommand, Resolver, in_range, parse_creds, parse_nats_url};
     let (args, replaying) = match command {
         DeadletterCommand::List(a) => (a, false),
         DeadletterCommand::Replay(a) => (a, true),
@@ -213,10 +216,19 @@ pub async fn run(
     let url = r
         .get("nats-url", &args.nats_url, parse_nats_url)
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let creds = r.get("nats-creds", &args.nats_creds, parse_creds);
     let stream = r
-        .get("dlq-stream", &args.dlq_stream, |v| Ok(v.to_owned()))
+        .get(
+            "dlq-stream",
+            &args.dlq_stream,
+            crate::config::parse_stream_name,
+        )
         .unwrap_or_else(|| crate::streams::DLQ_STREAM.into());
-    let since = r.get("since", &args.since, parse_duration);
+    let since = r.get(
+        "since",
+        &args.since,
+        in_range(crate::limits::DEADLETTER_SINCE),
+    );
     let seqs = r.get("seq", &args.seq, |v| {
         v.split(',')
             .map(|s| {
@@ -230,11 +242,9 @@ pub async fn run(
         r.fail("replay needs a selection: --seq, --app, --type or --since (to replay everything, say --since 1000d)".into());
     }
     r.finish()?;
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&url)
+    let client = crate::broker::connect_once(&url, creds.as_deref())
         .await
-        .map_err(|e| AppError::Runtime(format!("cannot connect to NATS at {url}: {e}")))?;
+        .map_err(AppError::Runtime)?;
     let js = jetstream::new(client);
     let sel = Selection {
         app: args.app,

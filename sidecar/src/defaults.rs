@@ -12,7 +12,8 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::config::parse_duration;
+use crate::config::in_range;
+use crate::limits::{self, DELIVERY_DURATION};
 use crate::shutdown::Shutdown;
 use crate::subscribe::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, RetryPolicy};
 
@@ -58,28 +59,40 @@ impl Defaults {
     /// the apiserver validated, but a value written by hand gets the same checks as the
     /// annotations, each error naming its field.
     pub fn from_json(bytes: &[u8]) -> Result<Defaults, String> {
+        if bytes.len() > limits::MAX_KV_VALUE_BYTES {
+            return Err(format!(
+                "{BUCKET}/{DELIVERY_KEY} is {} bytes long; the limit is {}",
+                bytes.len(),
+                limits::MAX_KV_VALUE_BYTES
+            ));
+        }
         let w: Wire = serde_json::from_slice(bytes)
             .map_err(|e| format!("{BUCKET}/{DELIVERY_KEY} is not valid: {e}"))?;
         let mut d = Defaults::default();
         let field = |name: &str, rule: &str| format!("{BUCKET}/{DELIVERY_KEY}: {name} {rule}");
         if let Some(n) = w.max_attempts {
-            if !(1..=1000).contains(&n) {
-                return Err(field("maxAttempts", "must be from 1 to 1000"));
+            let (lo, hi) = limits::MAX_ATTEMPTS_RANGE;
+            if !(lo..=hi).contains(&n) {
+                return Err(field(
+                    "maxAttempts",
+                    &format!("must be from {lo} to {hi}, not {n}"),
+                ));
             }
             d.max_attempts = n;
         }
         if let Some(n) = w.max_in_flight {
-            if !(1..=10_000).contains(&n) {
-                return Err(field("maxInFlight", "must be from 1 to 10000"));
+            let (lo, hi) = limits::MAX_IN_FLIGHT_RANGE;
+            if !(lo..=hi).contains(&u64::from(n)) {
+                return Err(field(
+                    "maxInFlight",
+                    &format!("must be from {lo} to {hi}, not {n}"),
+                ));
             }
             d.max_in_flight = n as usize;
         }
-        let duration = |name: &str, v: &str| match parse_duration(v) {
-            Ok(t) if !t.is_zero() => Ok(t),
-            _ => Err(field(
-                name,
-                "must be a duration above zero such as 500ms or 10s",
-            )),
+        let duration = |name: &str, v: &str| {
+            in_range(DELIVERY_DURATION)(v)
+                .map_err(|rule| field(name, &format!("{rule}, not {v:?}")))
         };
         if let Some(v) = &w.backoff {
             d.local_backoff = duration("backoff", v)?;
@@ -221,16 +234,20 @@ mod tests {
         for (bad, needle) in [
             (
                 r#"{"maxAttempts": 0}"#,
-                "maxAttempts must be from 1 to 1000",
+                "maxAttempts must be from 1 to 1000, not 0",
             ),
             (
                 r#"{"maxInFlight": 20000}"#,
-                "maxInFlight must be from 1 to 10000",
+                "maxInFlight must be from 1 to 10000, not 20000",
             ),
             (r#"{"backoff": "soon"}"#, "backoff must be a duration"),
             (
                 r#"{"attemptTimeout": "0s"}"#,
-                "attemptTimeout must be a duration",
+                "attemptTimeout must be from 1ms to 24h, not \"0s\"",
+            ),
+            (
+                r#"{"attemptTimeout": "9000000000000000000s"}"#,
+                "attemptTimeout must be from 1ms to 24h",
             ),
             (r#"{"retries": 3}"#, "unknown field `retries`"),
             ("[", "is not valid"),

@@ -117,8 +117,10 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.min(3600)))
 }
 
+/// `d` ±20 %. Computed in seconds so that no duration can make it panic (`mul_f64` does on
+/// overflow); configured durations are at most a day anyway.
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.8..1.2))
+    Duration::try_from_secs_f64(d.as_secs_f64() * rand::rng().random_range(0.8..1.2)).unwrap_or(d)
 }
 
 /// What one subscription delivers to, as currently configured. Replaced as a whole on reload;
@@ -304,11 +306,14 @@ impl Deliverer {
             let _ = msg.ack().await;
             return;
         }
-        let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let delivered = msg
+            .info()
+            .map(|i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(1);
         let local = sub.retry.local_attempts.max(1);
         let first = (delivered - 1).saturating_mul(local);
         for i in 0..local {
-            let attempt = first + i + 1;
+            let attempt = first.saturating_add(i + 1);
             let (status, retry_after, reason) = match self.attempt(target, &msg, attempt).await {
                 Outcome::Delivered => {
                     self.count(sub, DeliveryOutcome::Acked);
@@ -332,8 +337,13 @@ impl Deliverer {
                 let reason = format!("{reason}; gave up after {attempt} attempts");
                 return self.dead_letter(sub, &msg, &reason, status, attempt).await;
             }
-            let local_wait =
-                retry_after.unwrap_or_else(|| jitter(sub.retry.local_backoff * 2u32.pow(i)));
+            let local_wait = retry_after.unwrap_or_else(|| {
+                jitter(
+                    sub.retry
+                        .local_backoff
+                        .saturating_mul(2u32.saturating_pow(i)),
+                )
+            });
             if i + 1 < local && local_wait <= LONGEST_LOCAL_WAIT {
                 let _ = msg.ack_with(AckKind::Progress).await;
                 tokio::select! {

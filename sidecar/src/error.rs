@@ -18,6 +18,12 @@ pub enum PublishError {
     /// The body, or one event with its headers, is over a limit.
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
+    /// A batch holds more events than the limit.
+    #[error("the batch holds more than {0} events, the limit; split it")]
+    TooManyEvents(usize),
+    /// The client sent its body too slowly.
+    #[error("the request body did not arrive within {0:?}")]
+    SlowBody(Duration),
     #[error(
         "content type `{0}` is not supported: use binary mode, application/cloudevents+json or application/cloudevents-batch+json"
     )]
@@ -34,8 +40,8 @@ pub enum PublishError {
     StreamFull(String),
     #[error("JetStream did not acknowledge the event within {0:?}")]
     Timeout(Duration),
-    #[error("the async buffer is full ({0} events waiting)")]
-    BufferFull(usize),
+    #[error("the async buffer is full: {0}")]
+    BufferFull(String),
     #[error("the sidecar is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -46,7 +52,8 @@ impl PublishError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable(_) | Self::NoStream(_) | Self::BufferFull(_) | Self::ShuttingDown => {

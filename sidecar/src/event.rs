@@ -8,12 +8,19 @@
 //! independent client that proves wire compatibility.
 //!
 //! Every rule violation is an [`EventError`] naming the attribute and the rule, which the publish
-//! API turns into `400`.
+//! API turns into `400`. The size limits of [`crate::limits`] are checked here too, so an event
+//! that would not fit NATS (a subject past its control line) is refused before it gets there.
 
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::limits::{
+    MAX_ATTRIBUTE_NAME_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_TOTAL_BYTES, MAX_BATCH_EVENTS, MAX_ID_BYTES, MAX_SOURCE_BYTES, MAX_TYPE_BYTES,
+    MAX_URI_BYTES,
+};
 
 /// Header prefix of binary-mode attributes, in HTTP and in NATS.
 pub const CE_PREFIX: &str = "ce-";
@@ -54,6 +61,12 @@ pub enum EventError {
     /// The body is not what the content type promises.
     #[error("body: {0}")]
     Body(String),
+    /// The attributes together break a rule (their total size).
+    #[error("attributes: {0}")]
+    Attributes(String),
+    /// A batch holds more events than the limit.
+    #[error("a batch holds at most {0} events")]
+    BatchTooLarge(usize),
 }
 
 impl EventError {
@@ -68,8 +81,19 @@ impl EventError {
     pub fn attribute(&self) -> Option<&str> {
         match self {
             EventError::Attribute { attribute, .. } => Some(attribute),
-            EventError::Body(_) => None,
+            EventError::Body(_) | EventError::Attributes(_) | EventError::BatchTooLarge(_) => None,
         }
+    }
+}
+
+/// The size limit of an attribute's value.
+fn max_value_bytes(name: &str) -> usize {
+    match name {
+        "type" => MAX_TYPE_BYTES,
+        "source" => MAX_SOURCE_BYTES,
+        "id" => MAX_ID_BYTES,
+        "subject" | "dataschema" | "datacontenttype" => MAX_URI_BYTES,
+        _ => MAX_ATTRIBUTE_VALUE_BYTES,
     }
 }
 
@@ -111,8 +135,19 @@ impl EventBuilder {
         Self::default()
     }
 
-    /// Sets an attribute; rejects bad names and attributes given twice.
+    /// Sets an attribute; rejects bad names, attributes given twice, values over their size
+    /// limit and more than [`MAX_ATTRIBUTES`] attributes.
     pub fn set(&mut self, name: &str, value: String) -> Result<(), EventError> {
+        if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            let shown: String = name.chars().take(MAX_ATTRIBUTE_NAME_BYTES).collect();
+            return Err(EventError::attr(
+                &shown,
+                format!(
+                    "the name is {} bytes long; the limit is {MAX_ATTRIBUTE_NAME_BYTES}",
+                    name.len()
+                ),
+            ));
+        }
         if name.is_empty()
             || !name
                 .bytes()
@@ -121,6 +156,13 @@ impl EventBuilder {
             return Err(EventError::attr(
                 name,
                 "attribute names are lower-case letters a-z and digits 0-9",
+            ));
+        }
+        let limit = max_value_bytes(name);
+        if value.len() > limit {
+            return Err(EventError::attr(
+                name,
+                format!("is {} bytes long; the limit is {limit}", value.len()),
             ));
         }
         let slot = match name {
@@ -138,6 +180,13 @@ impl EventBuilder {
             _ => {
                 if self.attributes.iter().any(|(n, _)| n == name) {
                     return Err(EventError::attr(name, "given more than once"));
+                }
+                // The five attributes with their own slot count too.
+                if self.attributes.len() + 5 >= MAX_ATTRIBUTES {
+                    return Err(EventError::attr(
+                        name,
+                        format!("an event has at most {MAX_ATTRIBUTES} attributes"),
+                    ));
                 }
                 self.attributes.push((name.to_owned(), value));
                 return Ok(());
@@ -204,6 +253,18 @@ impl EventBuilder {
                 "datacontenttype",
                 "must be a media type such as application/json (RFC 2046)",
             ));
+        }
+        let total: usize = [&self.specversion, &self.datacontenttype]
+            .into_iter()
+            .flatten()
+            .map(|v| v.len() + 16)
+            .chain([&id, &source, &ty].map(|v| v.len() + 6))
+            .chain(self.attributes.iter().map(|(n, v)| n.len() + v.len()))
+            .sum();
+        if total > MAX_ATTRIBUTES_TOTAL_BYTES {
+            return Err(EventError::Attributes(format!(
+                "names and values of all attributes take {total} bytes; the limit is {MAX_ATTRIBUTES_TOTAL_BYTES}"
+            )));
         }
         for (name, value) in &self.attributes {
             let rule = match name.as_str() {
@@ -394,6 +455,13 @@ impl<'de> Deserialize<'de> for Members<'de> {
             ) -> Result<Self::Value, A::Error> {
                 let mut out: Vec<(String, &'de RawValue)> = Vec::with_capacity(8);
                 while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    // Attributes, `data` and `data_base64`: the duplicate check below is
+                    // quadratic, so the count is bounded before it.
+                    if out.len() >= MAX_ATTRIBUTES + 2 {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "more than {MAX_ATTRIBUTES} attributes"
+                        )));
+                    }
                     if out.iter().any(|(n, _)| *n == k) {
                         return Err(serde::de::Error::custom(format_args!(
                             "member `{k}` appears twice"
@@ -495,13 +563,50 @@ fn slice_of(body: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-/// Batch mode: a JSON array of structured events. The outer error is for a body that is not an
-/// array; each element then succeeds or fails on its own.
+/// The elements of a JSON array, left unparsed, at most [`MAX_BATCH_EVENTS`].
+struct Items<'a>(Vec<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for Items<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Items<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON array of CloudEvents")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    if out.len() == MAX_BATCH_EVENTS {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    out.push(item);
+                }
+                Ok(Items(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// What [`Items`] says past the limit (recognised by [`from_batch`]).
+const TOO_MANY: &str = "too many events in the batch";
+
+/// Batch mode: a JSON array of at most [`MAX_BATCH_EVENTS`] structured events. The outer error
+/// is for a body that is not such an array; each element then succeeds or fails on its own.
 pub fn from_batch(body: &Bytes) -> Result<Vec<Result<Event, EventError>>, EventError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-        EventError::Body(format!("a batch must be a JSON array of CloudEvents: {e}"))
+    let items: Items = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().starts_with(TOO_MANY) {
+            EventError::BatchTooLarge(MAX_BATCH_EVENTS)
+        } else {
+            EventError::Body(format!("a batch must be a JSON array of CloudEvents: {e}"))
+        }
     })?;
     Ok(items
+        .0
         .into_iter()
         .map(|raw| from_structured(body, raw.get().as_bytes()))
         .collect())
@@ -769,6 +874,80 @@ mod tests {
         );
         assert_eq!(&items[2].as_ref().unwrap().data[..], b"[1, 2]");
         assert!(from_batch(&Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn size_limits_name_the_attribute_and_the_limit() {
+        let with = |extra: &[(&'static str, String)]| {
+            let mut h = headers(MIN);
+            for (k, v) in extra {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            from_binary(&h, Bytes::new())
+        };
+        let e = with(&[("ce-type", "t".repeat(70_000))]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "attribute `type`: is 70000 bytes long; the limit is 256"
+        );
+        let e = with(&[("ce-source", "s".repeat(257))]).unwrap_err();
+        assert_eq!(e.attribute(), Some("source"));
+        assert!(with(&[("ce-source", "s".repeat(256))]).is_ok());
+        let e = with(&[("ce-id", "i".repeat(257))]).unwrap_err();
+        assert_eq!(e.attribute(), Some("id"));
+        let e = with(&[("ce-subject", "s".repeat(1025))]).unwrap_err();
+        assert_eq!(e.attribute(), Some("subject"));
+        let e = with(&[("ce-myext", "v".repeat(4097))]).unwrap_err();
+        assert_eq!(e.attribute(), Some("myext"));
+        let name = format!("ce-{}", "n".repeat(65));
+        let mut h = headers(MIN);
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+        let e = from_binary(&h, Bytes::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the name is 65 bytes long; the limit is 64"),
+            "{e}"
+        );
+        // Many extensions: at most 64 attributes, and 32 KiB of them in all.
+        let mut h = headers(MIN);
+        for i in 0..60 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("ce-x{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let e = from_binary(&h, Bytes::new()).unwrap_err();
+        assert!(e.to_string().contains("at most 64 attributes"), "{e}");
+        let mut h = headers(MIN);
+        for i in 0..9 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("ce-x{i}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&"v".repeat(4000)).unwrap(),
+            );
+        }
+        let e = from_binary(&h, Bytes::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("attributes: names and values of all attributes take"),
+            "{e}"
+        );
+        // Structured: the member count is bounded before the (quadratic) duplicate check.
+        let members: Vec<String> = (0..100_000).map(|i| format!("\"x{i}\":1")).collect();
+        let body = Bytes::from(format!("{{{}}}", members.join(",")));
+        let e = from_structured(&body, &body).unwrap_err();
+        assert!(e.to_string().contains("more than 64 attributes"), "{e}");
+        // Batches: at most 1000 events.
+        let one = r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+        let body = Bytes::from(format!("[{}]", vec![one; 1001].join(",")));
+        assert_eq!(
+            from_batch(&body).unwrap_err(),
+            EventError::BatchTooLarge(1000)
+        );
+        let body = Bytes::from(format!("[{}]", vec![one; 1000].join(",")));
+        assert_eq!(from_batch(&body).unwrap().len(), 1000);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::limits::{MAX_FILTER_SOURCE_BYTES, MAX_FILTER_TYPE_BYTES};
+
 /// One filter: an optional exact source and a dotted type pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeFilter {
@@ -16,14 +18,26 @@ pub struct TypeFilter {
 #[error("filter `{filter}`: {rule}")]
 pub struct FilterError {
     pub filter: String,
-    pub rule: &'static str,
+    pub rule: String,
 }
 
 impl TypeFilter {
     pub fn parse(filter: &str) -> Result<Self, FilterError> {
-        let err = |rule| FilterError {
-            filter: filter.to_owned(),
-            rule,
+        // A filter as long as this one is not worth repeating in full in the error.
+        let shown = || {
+            let mut end = filter.len().min(80);
+            while !filter.is_char_boundary(end) {
+                end -= 1;
+            }
+            if end < filter.len() {
+                format!("{}...", &filter[..end])
+            } else {
+                filter.to_owned()
+            }
+        };
+        let err = |rule: &str| FilterError {
+            filter: shown(),
+            rule: rule.to_owned(),
         };
         let (source, pattern) = match filter.split_once('/') {
             Some(("", _)) => return Err(err("the source before `/` is empty")),
@@ -32,6 +46,22 @@ impl TypeFilter {
         };
         if pattern.is_empty() {
             return Err(err("the event type pattern is empty"));
+        }
+        // The same limits as an event's type and source, so a filter's consumer subject fits
+        // NATS's control line as every event subject does.
+        if pattern.len() > MAX_FILTER_TYPE_BYTES {
+            return Err(err(&format!(
+                "the type pattern is {} bytes long; the limit is {MAX_FILTER_TYPE_BYTES}",
+                pattern.len()
+            )));
+        }
+        if let Some(s) = &source
+            && s.len() > MAX_FILTER_SOURCE_BYTES
+        {
+            return Err(err(&format!(
+                "the source is {} bytes long; the limit is {MAX_FILTER_SOURCE_BYTES}",
+                s.len()
+            )));
         }
         let tokens: Vec<String> = pattern.split('.').map(str::to_owned).collect();
         for (i, t) in tokens.iter().enumerate() {
@@ -57,15 +87,24 @@ impl TypeFilter {
     /// source, as the YAML form writes them in two fields.
     pub fn with_source(source: Option<&str>, pattern: &str) -> Result<Self, FilterError> {
         let mut f = TypeFilter::parse(&format!("_/{pattern}")).map_err(|e| FilterError {
-            filter: pattern.to_owned(),
+            filter: e.filter.strip_prefix("_/").unwrap_or(&e.filter).to_owned(),
             rule: e.rule,
         })?;
+        let bad = |rule: String| FilterError {
+            filter: pattern.to_owned(),
+            rule,
+        };
         f.source = match source {
             Some("") => {
-                return Err(FilterError {
-                    filter: pattern.to_owned(),
-                    rule: "the source is empty (leave it out to accept any source)",
-                });
+                return Err(bad(
+                    "the source is empty (leave it out to accept any source)".into(),
+                ));
+            }
+            Some(s) if s.len() > MAX_FILTER_SOURCE_BYTES => {
+                return Err(bad(format!(
+                    "the source is {} bytes long; the limit is {MAX_FILTER_SOURCE_BYTES}",
+                    s.len()
+                )));
             }
             s => s.map(str::to_owned),
         };
@@ -105,15 +144,23 @@ impl fmt::Display for TypeFilter {
     }
 }
 
-/// A comma-separated list of filters; an empty list is rejected by the parser (say nothing instead).
-pub fn parse_list(list: &str) -> Result<Vec<TypeFilter>, FilterError> {
+/// A comma-separated list of at most `max` filters; an empty list is rejected by the parser (say
+/// nothing instead).
+pub fn parse_list(list: &str, max: usize) -> Result<Vec<TypeFilter>, FilterError> {
+    let n = list.split(',').count();
+    if n > max {
+        return Err(FilterError {
+            filter: format!("{n} filters"),
+            rule: format!("a list holds at most {max} filters"),
+        });
+    }
     list.split(',')
         .map(str::trim)
         .map(|f| {
             if f.is_empty() {
                 Err(FilterError {
                     filter: list.to_owned(),
-                    rule: "an entry of the comma-separated list is empty",
+                    rule: "an entry of the comma-separated list is empty".into(),
                 })
             } else {
                 TypeFilter::parse(f)
@@ -146,7 +193,29 @@ mod tests {
             let e = TypeFilter::parse(bad).unwrap_err();
             assert_eq!(e.filter, bad);
         }
-        assert!(parse_list("a, ,b").is_err());
-        assert_eq!(parse_list("a.b, shop/c.>").unwrap().len(), 2);
+        assert!(parse_list("a, ,b", 10).is_err());
+        assert_eq!(parse_list("a.b, shop/c.>", 10).unwrap().len(), 2);
+        assert_eq!(
+            parse_list("a,b,c", 2).unwrap_err().to_string(),
+            "filter `3 filters`: a list holds at most 2 filters"
+        );
+    }
+
+    #[test]
+    fn long_types_and_sources_are_refused_with_the_limit() {
+        let long = "a".repeat(MAX_FILTER_TYPE_BYTES + 1);
+        let e = TypeFilter::parse(&long).unwrap_err();
+        assert_eq!(
+            e.rule,
+            "the type pattern is 257 bytes long; the limit is 256"
+        );
+        assert!(e.filter.ends_with("...") && e.filter.len() < 100);
+        assert!(TypeFilter::parse(&"a".repeat(MAX_FILTER_TYPE_BYTES)).is_ok());
+        let e = TypeFilter::parse(&format!("{long}/x")).unwrap_err();
+        assert_eq!(e.rule, "the source is 257 bytes long; the limit is 256");
+        let e = TypeFilter::with_source(Some(&long), "x").unwrap_err();
+        assert_eq!(e.rule, "the source is 257 bytes long; the limit is 256");
+        let e = TypeFilter::with_source(None, &long).unwrap_err();
+        assert!(e.rule.starts_with("the type pattern is 257 bytes"), "{e}");
     }
 }

@@ -28,6 +28,8 @@
 //!
 //! Around both:
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: what is measured.
+//! - [`limits`]: every limit on outside input (events, annotations, listeners, durations), in
+//!   one place; docs/SECURITY.md lists them.
 //! - [`config`]: flags and `HERALD_*` variables; [`app`]: wiring and exit codes;
 //!   [`shutdown`]: the drain signal; [`natsd`]: a throwaway nats-server for `herald dev`
 //!   and the tests; [`bench`](mod@bench): `herald bench publish`.
@@ -49,6 +51,7 @@ pub mod event;
 pub mod filter;
 pub mod http_server;
 pub mod legacy;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod natsd;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::attrfilter::{self, AttrFilter};
 use crate::defaults::Defaults;
 use crate::filter::{self, TypeFilter};
+use crate::limits::{self, DELIVERY_DURATION};
 
 pub const INJECT: &str = "herald.dev/inject";
 pub const APP_ID: &str = "herald.dev/app-id";
@@ -166,7 +167,18 @@ pub fn parse_with(
             rule,
         })
     };
-    let get = |k: &str| annotations.get(k).map(|v| v.trim());
+    // Values over their size limit are reported and then not parsed at all.
+    let oversized: Vec<&str> = annotations
+        .iter()
+        .filter(|(k, v)| KNOWN.contains(&k.as_str()) && v.len() > max_bytes(k))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let get = |k: &str| {
+        annotations
+            .get(k)
+            .filter(|_| !oversized.contains(&k))
+            .map(|v| v.trim())
+    };
 
     for key in annotations.keys().filter(|k| k.starts_with("herald.dev/")) {
         if !KNOWN.contains(&key.as_str()) {
@@ -176,15 +188,25 @@ pub fn parse_with(
             );
         }
     }
+    for key in &oversized {
+        err(
+            key,
+            format!(
+                "the value is {} bytes long; the limit is {}",
+                annotations[*key].len(),
+                max_bytes(key)
+            ),
+        );
+    }
     if let Some(v) = get(INJECT).filter(|v| *v != "true" && *v != "false") {
         err(INJECT, format!("must be \"true\" or \"false\", not {v:?}"));
     }
     let app_id = get(APP_ID).map(str::to_owned);
-    if app_id
+    if let Some(Err(rule)) = app_id
         .as_deref()
-        .is_some_and(|a| a.is_empty() || a.contains(char::is_whitespace))
+        .map(|a| crate::config::parse_name(a, limits::MAX_APP_ID_BYTES))
     {
-        err(APP_ID, "must be non-empty, without whitespace".into());
+        err(APP_ID, rule);
     }
     let app_port = get(APP_PORT).and_then(|v| match v.parse::<u16>() {
         Ok(p) if p > 0 => Some(p),
@@ -208,20 +230,23 @@ pub fn parse_with(
         None => cluster.max_in_flight,
         Some((_, Ok(n))) if check_max_in_flight(n).is_ok() => n as usize,
         Some((v, _)) => {
-            err(MAX_IN_FLIGHT, format!("{}, not {v:?}", MAX_IN_FLIGHT_RULE));
+            err(
+                MAX_IN_FLIGHT,
+                format!("{}, not {v:?}", max_in_flight_rule()),
+            );
             cluster.max_in_flight
         }
     };
     let filters = match get(SUBSCRIBE) {
         None | Some("") => vec![],
-        Some(v) => filter::parse_list(v).unwrap_or_else(|e| {
+        Some(v) => filter::parse_list(v, limits::MAX_SUBSCRIPTIONS).unwrap_or_else(|e| {
             err(SUBSCRIBE, e.to_string());
             vec![]
         }),
     };
     let publish_allow = match get(PUBLISH_ALLOW) {
         None | Some("") => vec![],
-        Some(v) => filter::parse_list(v).unwrap_or_else(|e| {
+        Some(v) => filter::parse_list(v, limits::MAX_PUBLISH_ALLOW).unwrap_or_else(|e| {
             err(PUBLISH_ALLOW, e.to_string());
             vec![]
         }),
@@ -252,7 +277,10 @@ pub fn parse_with(
         })
         .collect();
     let mut listed_in = SUBSCRIBE;
-    if let Some(yaml) = annotations.get(SUBSCRIPTIONS) {
+    if let Some(yaml) = annotations
+        .get(SUBSCRIPTIONS)
+        .filter(|_| !oversized.contains(&SUBSCRIPTIONS))
+    {
         listed_in = SUBSCRIPTIONS;
         if !subscriptions.is_empty() {
             err(
@@ -302,13 +330,27 @@ pub fn parse_with(
     })
 }
 
-const MAX_IN_FLIGHT_RULE: &str = "must be a whole number from 1 to 10000";
+/// The size limit of an annotation's value.
+fn max_bytes(key: &str) -> usize {
+    match key {
+        SUBSCRIPTIONS => limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES,
+        SUBSCRIBE | PUBLISH_ALLOW => limits::MAX_FILTER_LIST_BYTES,
+        FILTER => herald_cesql::MAX_LENGTH,
+        _ => limits::MAX_ANNOTATION_BYTES,
+    }
+}
+
+fn max_in_flight_rule() -> String {
+    let (lo, hi) = limits::MAX_IN_FLIGHT_RANGE;
+    format!("must be a whole number from {lo} to {hi}")
+}
 
 fn check_max_in_flight(n: u64) -> Result<u64, String> {
-    if (1..=10_000).contains(&n) {
+    let (lo, hi) = limits::MAX_IN_FLIGHT_RANGE;
+    if (lo..=hi).contains(&n) {
         Ok(n)
     } else {
-        Err(format!("{MAX_IN_FLIGHT_RULE}, not {n}"))
+        Err(format!("{}, not {n}", max_in_flight_rule()))
     }
 }
 
@@ -363,15 +405,23 @@ fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, 
             "the list is empty (remove the annotation instead)".into(),
         ]);
     }
+    if raw.len() > limits::MAX_SUBSCRIPTIONS {
+        return Err(vec![format!(
+            "the list has {} subscriptions; the limit is {} per pod",
+            raw.len(),
+            limits::MAX_SUBSCRIPTIONS
+        )]);
+    }
     let mut rules = Vec::new();
     let mut out = Vec::new();
     for (i, y) in raw.into_iter().enumerate() {
-        let at = format!("entry {} (type {:?})", i + 1, y.ty);
+        let at = format!("entry {} (type {:?})", i + 1, short(&y.ty));
         let mut bad = |field: &str, rule: String| rules.push(format!("{at}: {field} {rule}"));
         let mut sub = defaults.clone();
         match TypeFilter::with_source(y.source.as_deref(), y.ty.trim()) {
             Ok(f) => sub.filter = f,
-            Err(e) => bad("type", e.rule.to_owned()),
+            Err(e) if e.rule.starts_with("the source") => bad("source", e.rule),
+            Err(e) => bad("type", e.rule),
         }
         if let Some(p) = y.path {
             check_path(&p).map_or_else(|r| bad("path", r), |p| sub.path = p);
@@ -384,10 +434,9 @@ fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, 
         }
         let mut duration = |field: &str, v: Option<String>, slot: &mut Duration| {
             if let Some(v) = v {
-                match crate::config::parse_duration(v.trim()) {
-                    Ok(d) if !d.is_zero() => *slot = d,
-                    Ok(_) => bad(field, "must be more than zero".into()),
-                    Err(r) => bad(field, r),
+                match crate::config::in_range(DELIVERY_DURATION)(v.trim()) {
+                    Ok(d) => *slot = d,
+                    Err(r) => bad(field, format!("{r}, not {:?}", v.trim())),
                 }
             }
         };
@@ -404,19 +453,21 @@ fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, 
                 r.max_redelivery_delay,
                 &mut sub.retry.max_redelivery_delay,
             );
+            let (lo, hi) = limits::MAX_ATTEMPTS_RANGE;
             match r.max_attempts {
-                Some(n) if (1..=1000).contains(&n) => sub.retry.max_attempts = n,
+                Some(n) if (lo..=hi).contains(&n) => sub.retry.max_attempts = n,
                 Some(n) => bad(
                     "retry.maxAttempts",
-                    format!("must be a whole number from 1 to 1000, not {n}"),
+                    format!("must be a whole number from {lo} to {hi}, not {n}"),
                 ),
                 None => {}
             }
+            let (lo, hi) = limits::LOCAL_ATTEMPTS_RANGE;
             match r.local_attempts {
-                Some(n) if (1..=10).contains(&n) => sub.retry.local_attempts = n,
+                Some(n) if (lo..=hi).contains(&n) => sub.retry.local_attempts = n,
                 Some(n) => bad(
                     "retry.localAttempts",
-                    format!("must be a whole number from 1 to 10, not {n}"),
+                    format!("must be a whole number from {lo} to {hi}, not {n}"),
                 ),
                 None => {}
             }
@@ -457,6 +508,19 @@ fn parse_yaml(yaml: &str, defaults: &Subscription) -> Result<Vec<Subscription>, 
         Ok(out)
     } else {
         Err(rules)
+    }
+}
+
+/// A value as errors quote it: at most 80 bytes of it.
+fn short(v: &str) -> String {
+    let mut end = v.len().min(80);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < v.len() {
+        format!("{}...", &v[..end])
+    } else {
+        v.to_owned()
     }
 }
 
@@ -684,7 +748,7 @@ mod tests {
             "entry 1 (type \"a.b\"): maxInFlight must be",
             "entry 1 (type \"a.b\"): delivery must be `binary` or `structured`",
             "entry 1 (type \"a.b\"): start must be",
-            "entry 1 (type \"a.b\"): timeout must be more than zero",
+            "entry 1 (type \"a.b\"): timeout must be from 1ms to 24h, not \"0s\"",
             "entry 2 (type \"a..b\"): type a type token is empty",
             "entry 2 (type \"a..b\"): path must be an absolute",
             "entry 2 (type \"a..b\"): retry.maxAttempts must be",
@@ -710,6 +774,71 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_errors_that_name_the_field_the_value_and_the_rule() {
+        let yaml = |y: &str| {
+            parse(&map(&[(APP_PORT, "80"), (SUBSCRIPTIONS, y)]))
+                .unwrap_err()
+                .to_string()
+        };
+        // Durations that overflowed the retry arithmetic before they had a range.
+        for field in [
+            "timeout",
+            "retry: {backoff",
+            "retry: {redeliveryDelay",
+            "retry: {maxRedeliveryDelay",
+        ] {
+            let close = if field.contains('{') { "}" } else { "" };
+            let e = yaml(&format!(
+                "- type: a\n  {field}: 9000000000000000000s{close}\n"
+            ));
+            assert!(
+                e.contains("must be from 1ms to 24h, not \"9000000000000000000s\""),
+                "{field}: {e}"
+            );
+        }
+        let many: String = (0..65).map(|i| format!("- type: t{i}\n")).collect();
+        assert!(yaml(&many).contains("the list has 65 subscriptions; the limit is 64 per pod"));
+        let list: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+        let e = parse(&map(&[(APP_PORT, "80"), (SUBSCRIBE, &list.join(","))])).unwrap_err();
+        assert!(
+            e.to_string().contains("a list holds at most 64 filters"),
+            "{e}"
+        );
+        // An oversized value is refused as a whole, without parsing it.
+        let huge = format!("- type: a\n  path: /{}\n", "x".repeat(70_000));
+        let e = parse(&map(&[(APP_PORT, "80"), (SUBSCRIPTIONS, &huge)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "herald.dev/subscriptions: the value is {} bytes long; the limit is 65536",
+                huge.len()
+            )
+        );
+        let e = parse(&map(&[(APP_ID, &"a".repeat(2000))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "herald.dev/app-id: the value is 2000 bytes long; the limit is 1024"
+        );
+        let e = parse(&map(&[(APP_ID, &"a".repeat(254))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "herald.dev/app-id: is 254 bytes long; the limit is 253"
+        );
+        let e = parse(&map(&[(FILTER, &"(".repeat(5000))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "herald.dev/filter: the value is 5000 bytes long; the limit is 4096"
+        );
+        let deep = format!("{}type = 'a'{}", "(".repeat(100), ")".repeat(100));
+        let e = parse(&map(&[(FILTER, &deep)])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("column 65: the expression nests deeper than 64 levels"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -283,6 +283,25 @@ impl Herald {
         self.wait_for("/readyz", 200).await;
     }
 
+    /// The metrics as Prometheus scrapes them.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics has a body")
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exposed); 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -430,12 +449,50 @@ impl KubeletDir {
 }
 
 /// Runs `herald` with arguments to completion (for CLI tests).
+/// Runs `herald` to its end and returns what it printed. A herald that has not exited after
+/// 30 s is killed and the test fails, so a command that should have refused to start cannot
+/// hang the suite.
 pub fn herald_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(herald_bin())
+    use std::io::Read as _;
+    let mut child = Command::new(herald_bin())
         .args(args)
         .envs(env.iter().copied())
-        .output()
-        .expect("run herald")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    // Read both pipes while waiting, so a chatty herald never blocks on a full pipe.
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = r.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for herald") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = stderr.join().unwrap_or_default();
+            panic!(
+                "herald {args:?} did not exit within 30 s; it printed:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// A ready `herald sidecar` for `app_id` delivering to `sink`, with `extra` flags.

@@ -16,6 +16,7 @@ use herald_injector::metrics::Metrics;
 use herald_injector::mutate::InjectorConfig;
 use herald_injector::tls::Certificates;
 use herald_injector::webhook::{self, Webhook};
+use herald_sidecar::http_server::{HttpMetrics, Limits, Listener, Server as HttpServer};
 use herald_sidecar::shutdown::Shutdown;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
@@ -235,6 +236,17 @@ impl Server {
         Self::start_with(config, api, pki, dir, &c, &k).await
     }
 
+    /// With the listener limits `limits` (the defaults otherwise).
+    pub async fn start_limited(config: InjectorConfig, api: &MockApi, limits: Limits) -> Server {
+        let pki = Pki::new("herald test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pki.issue("herald-injector.test");
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        Self::start_full(config, api, pki, dir, &c, &k, limits).await
+    }
+
     /// With the certificate files at `cert` and `key` (signed by `pki`); `dir` is kept alive.
     pub async fn start_with(
         config: InjectorConfig,
@@ -244,23 +256,53 @@ impl Server {
         cert: &Path,
         key: &Path,
     ) -> Server {
+        let limits = Limits {
+            max_connections: herald_injector::limits::DEFAULT_WEBHOOK_MAX_CONNECTIONS,
+            header_read_timeout: herald_injector::limits::DEFAULT_HEADER_READ_TIMEOUT,
+        };
+        Self::start_full(config, api, pki, dir, cert, key, limits).await
+    }
+
+    async fn start_full(
+        config: InjectorConfig,
+        api: &MockApi,
+        pki: Pki,
+        dir: tempfile::TempDir,
+        cert: &Path,
+        key: &Path,
+        limits: Limits,
+    ) -> Server {
         let certs = Certificates::load(cert, key).unwrap();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
-        let webhook = Arc::new(Webhook {
+        let http_metrics = HttpMetrics::new(registry.sub_registry_with_prefix("herald_injector"));
+        let webhook = Arc::new(Webhook::new(
             config,
-            cluster: Cluster::new(api.client.clone(), Duration::from_secs(2)),
-            metrics: metrics.clone(),
-        });
+            Cluster::new(api.client.clone(), Duration::from_secs(2)),
+            metrics.clone(),
+            herald_injector::limits::DEFAULT_BODY_READ_TIMEOUT,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
         tokio::spawn(certs.clone().watch(metrics, shutdown.clone()));
         let stop = shutdown.clone();
+        let server = HttpServer {
+            listener: Listener::Webhook,
+            limits,
+            metrics: http_metrics,
+        };
         let task = tokio::spawn(async move {
-            webhook::serve(listener, certs, webhook, stop, Duration::from_secs(5))
-                .await
-                .unwrap();
+            webhook::serve(
+                server,
+                listener,
+                certs,
+                webhook,
+                stop,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         });
         Server {
             addr,
@@ -371,6 +413,36 @@ pub fn fixture(name: &str) -> Vec<u8> {
         .join("tests/fixtures/admission")
         .join(format!("{name}.json"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A captured AdmissionReview with one annotation of its pod set to `value`.
+pub fn fixture_with(name: &str, key: &str, value: &str) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    review["request"]["object"]["metadata"]["annotations"][key] = json!(value);
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// Filters that aborted the injector (stack overflow in the parser) before CESQL had limits.
+pub fn hostile_filters() -> Vec<(String, &'static str)> {
+    let nested = |n: usize| format!("{}type = 'a'{}", "(".repeat(n), ")".repeat(n));
+    vec![
+        (
+            nested(5_000),
+            "herald.dev/filter: the value is 10010 bytes long; the limit is 4096",
+        ),
+        (
+            nested(100_000),
+            "herald.dev/filter: the value is 200010 bytes long; the limit is 4096",
+        ),
+        (
+            format!("{}TRUE", "NOT ".repeat(50_000)),
+            "herald.dev/filter: the value is 200004 bytes long; the limit is 4096",
+        ),
+        (
+            nested(100),
+            "herald.dev/filter: is not a valid CESQL expression: column 65: the expression nests deeper than 64 levels",
+        ),
+    ]
 }
 
 /// The DER of a PEM certificate.

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::app::AppError;
 use crate::broker::nats_headers;
-use crate::config::{ConfigError, Env, Resolver, parse_count, parse_duration, parse_nats_url};
+use crate::config::{ConfigError, Env, Resolver, parse_count, parse_nats_url};
 use crate::consumer::{self, Subscriber};
 use crate::event::TraceContext;
 use crate::filter::TypeFilter;
@@ -122,10 +122,18 @@ impl Settings {
                 .get("apps", &a.apps, |v| parse_count(v, 1, 64))
                 .unwrap_or(1),
             duration: r
-                .get("duration", &a.duration, parse_duration)
+                .get(
+                    "duration",
+                    &a.duration,
+                    crate::config::in_range(crate::limits::BENCH_DURATION),
+                )
                 .unwrap_or(Duration::from_secs(10)),
             warmup: r
-                .get("warmup", &a.warmup, parse_duration)
+                .get(
+                    "warmup",
+                    &a.warmup,
+                    crate::config::in_range(crate::limits::BENCH_DURATION),
+                )
                 .unwrap_or(Duration::from_secs(2)),
             scenarios: r
                 .get("scenarios", &a.scenarios, |v| {
