@@ -467,10 +467,13 @@ fn durability(headers: &HeaderMap, query: Option<&str>) -> Result<Mode, PublishE
     match value.trim().to_ascii_lowercase().as_str() {
         "sync" => Ok(Mode::Sync),
         "async" => Ok(Mode::Async),
-        _ => Err(PublishError::BadRequest {
-            name: DURABILITY_HEADER,
-            rule: format!("must be `sync` or `async`, not `{value}`"),
-        }),
+        _ => {
+            let shown: String = value.chars().take(80).collect();
+            Err(PublishError::BadRequest {
+                name: DURABILITY_HEADER,
+                rule: format!("must be `sync` or `async`, not `{shown}`"),
+            })
+        }
     }
 }
 

@@ -103,6 +103,13 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
             crate::bench::deliver::run(args, env).await?;
             Ok(0)
         }
+        Command::Bench {
+            command: BenchCommand::SlowClients(args),
+        } => {
+            init_logging(LogFormat::Text);
+            crate::bench::slow::run(args, env).await?;
+            Ok(0)
+        }
     }
 }
 

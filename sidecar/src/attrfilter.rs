@@ -219,9 +219,12 @@ impl StoredAttributes<'_> {
             if name == "datacontenttype" {
                 header.eq_ignore_ascii_case("content-type")
             } else {
-                header.len() == CE_PREFIX.len() + name.len()
-                    && header[..CE_PREFIX.len()].eq_ignore_ascii_case(CE_PREFIX)
-                    && header[CE_PREFIX.len()..].eq_ignore_ascii_case(name)
+                // Bytes, not `str` slices: a name the NATS server passes on need not put a
+                // character boundary where `ce-` ends.
+                let h = header.as_bytes();
+                h.len() == CE_PREFIX.len() + name.len()
+                    && h[..CE_PREFIX.len()].eq_ignore_ascii_case(CE_PREFIX.as_bytes())
+                    && h[CE_PREFIX.len()..].eq_ignore_ascii_case(name.as_bytes())
             }
         };
         // Iterating a dozen headers is cheaper than building a header name to look one up.

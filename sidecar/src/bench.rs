@@ -1,4 +1,5 @@
-//! `herald bench publish` (here) and `herald bench deliver` ([`deliver`]).
+//! `herald bench publish` (here), `herald bench deliver` ([`deliver`]) and
+//! `herald bench slow-clients` ([`slow`]).
 //!
 //! `herald bench publish`: one run that measures publishing through the sidecar and directly with
 //! async-nats against the same nats-server, and prints the ratio.
@@ -29,6 +30,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 pub mod deliver;
+pub mod slow;
 
 use crate::app::AppError;
 use crate::broker::nats_headers;

@@ -14,7 +14,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::{
     self, context::PublishAckFuture, context::PublishErrorKind, message::PublishMessage,
 };
-use async_nats::{Client, ConnectOptions, HeaderMap};
+use async_nats::{Client, ConnectOptions, HeaderMap, HeaderValue};
 use rand::Rng as _;
 
 use crate::error::PublishError;
@@ -261,30 +261,42 @@ impl PendingAck {
     }
 }
 
+/// A NATS header value. async-nats panics on a value with a line break; every value herald
+/// writes is validated or encoded before it gets here, and this makes sure: a line break that
+/// slipped through becomes a space instead of a panic.
+pub fn header_value(v: &str) -> HeaderValue {
+    v.parse()
+        .unwrap_or_else(|_| v.replace(['\r', '\n'], " ").parse().unwrap_or_default())
+}
+
 /// The NATS headers of a stored event.
 pub fn nats_headers(ev: &Event, trace: &TraceContext) -> HeaderMap {
     let mut h = HeaderMap::new();
-    // Attribute names are validated `[a-z0-9]+`, so these header names are always legal.
+    // Attribute names are validated `[a-z0-9]+`, so these header names are always legal, and
+    // values are percent-encoded (no control characters).
     h.insert("ce-specversion", "1.0");
-    h.insert("ce-id", encode_header_value(&ev.id).as_ref());
-    h.insert("ce-source", encode_header_value(&ev.source).as_ref());
-    h.insert("ce-type", encode_header_value(&ev.ty).as_ref());
+    h.insert("ce-id", header_value(&encode_header_value(&ev.id)));
+    h.insert("ce-source", header_value(&encode_header_value(&ev.source)));
+    h.insert("ce-type", header_value(&encode_header_value(&ev.ty)));
     for (name, value) in &ev.attributes {
         h.insert(
             format!("{CE_PREFIX}{name}"),
-            encode_header_value(value).as_ref(),
+            header_value(&encode_header_value(value)),
         );
     }
     if let Some(ct) = &ev.datacontenttype {
-        h.insert("content-type", ct.as_str());
+        h.insert("content-type", header_value(ct));
     }
     if let Some(tp) = &trace.traceparent {
-        h.insert("traceparent", tp.as_str());
+        h.insert("traceparent", header_value(tp));
     }
     if let Some(ts) = &trace.tracestate {
-        h.insert("tracestate", ts.as_str());
+        h.insert("tracestate", header_value(ts));
     }
-    h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(ev).as_str());
+    h.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        header_value(&msg_id(ev)),
+    );
     h
 }
 

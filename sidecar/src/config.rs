@@ -108,6 +108,8 @@ pub enum BenchCommand {
     Publish(crate::bench::BenchArgs),
     /// Delivery throughput (sidecar vs raw async-nats consumers) and publish-to-app latency.
     Deliver(crate::bench::deliver::DeliverArgs),
+    /// Memory and service of a sidecar holding connections that never finish a request.
+    SlowClients(crate::bench::slow::SlowArgs),
 }
 
 #[derive(Debug, Args, Default)]

@@ -153,10 +153,10 @@ pub async fn replay(js: &jetstream::Context, d: &DeadLetter) -> Result<(), AppEr
             headers.append(name.clone(), v.clone());
         }
     }
-    headers.insert(REPLAY_FOR, d.subscriber.as_str());
+    headers.insert(REPLAY_FOR, crate::broker::header_value(&d.subscriber));
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!("replay:{}", d.seq).as_str(),
+        format!("replay:{}", d.seq),
     );
     let ack = js
         .publish_with_headers(subject, headers, d.message.payload.clone())

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::attrfilter;
+use crate::broker::header_value;
 use crate::consumer::{self, Subscriber};
 use crate::metrics::{
     AttemptLabels, AttemptResult, DeliveryOutcome, FilterErrorLabels, Metrics, OutcomeLabels,
@@ -228,41 +229,7 @@ impl Deliverer {
     /// One HTTP request to the app.
     async fn send(&self, target: &Target, msg: &Message, attempt: u32) -> Outcome {
         let sub = &target.sub;
-        let mut req =
-            http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path));
-        let body = match sub.mode {
-            DeliveryMode::Binary => msg.payload.clone(),
-            DeliveryMode::Structured => {
-                let headers = msg.headers.iter().flat_map(|h| {
-                    h.iter().flat_map(|(n, vs)| {
-                        vs.iter()
-                            .map(move |v| (AsRef::<str>::as_ref(n), v.as_str()))
-                    })
-                });
-                req = req.header(
-                    http::header::CONTENT_TYPE,
-                    "application/cloudevents+json; charset=utf-8",
-                );
-                Bytes::from(crate::event::to_structured(headers, &msg.payload))
-            }
-        };
-        if let Some(headers) = &msg.headers {
-            for (name, values) in headers.iter() {
-                let name: &str = name.as_ref();
-                let lower = name.to_ascii_lowercase();
-                let wanted = match sub.mode {
-                    DeliveryMode::Binary => lower.starts_with("ce-") || lower == "content-type",
-                    DeliveryMode::Structured => false,
-                };
-                if wanted || matches!(lower.as_str(), "traceparent" | "tracestate") {
-                    for v in values {
-                        req = req.header(lower.as_str(), v.as_str());
-                    }
-                }
-            }
-        }
-        req = req.header(ATTEMPT_HEADER, attempt);
-        let req = match req.body(Full::new(body)) {
+        let req = match request(target, msg.headers.as_ref(), &msg.payload, attempt) {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Permanent {
@@ -401,29 +368,24 @@ impl Deliverer {
                 }
             }
         }
-        headers.insert(
-            dlq_header::REASON,
-            reason.replace(['\r', '\n'], " ").as_str(),
-        );
+        headers.insert(dlq_header::REASON, header_value(reason));
         headers.insert(
             dlq_header::STATUS,
-            status
-                .map_or_else(|| "none".to_owned(), |s| s.to_string())
-                .as_str(),
+            status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
         );
-        headers.insert(dlq_header::ATTEMPTS, attempts.to_string().as_str());
+        headers.insert(dlq_header::ATTEMPTS, attempts.to_string());
         headers.insert(
             dlq_header::SUBSCRIBER,
-            self.who.describe(&sub.filter).as_str(),
+            header_value(&self.who.describe(&sub.filter)),
         );
-        headers.insert(dlq_header::SUBJECT, msg.subject.as_str());
-        headers.insert(dlq_header::CONSUMER, consumer.as_str());
+        headers.insert(dlq_header::SUBJECT, header_value(msg.subject.as_str()));
+        headers.insert(dlq_header::CONSUMER, header_value(&consumer));
         // A retried dead-letter write is stored once; without delivery metadata (never for a
         // consumer's message) no id is set rather than one that would merge different events.
         if let Some(i) = &info {
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                format!("{}:{}", i.consumer, i.stream_sequence).as_str(),
+                header_value(&format!("{}:{}", i.consumer, i.stream_sequence)),
             );
         }
         let subject = dlq_subject(&self.who, msg.subject.as_str());
@@ -641,6 +603,51 @@ async fn report_lag(
     }
 }
 
+/// The HTTP request delivering a stored event (its NATS headers and payload) to the app. Any
+/// stored event may come from a publisher that bypassed the sidecar, so a header the HTTP
+/// binding cannot carry is an error here (the event is dead-lettered), never a panic.
+pub fn request(
+    target: &Target,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &Bytes,
+    attempt: u32,
+) -> Result<http::Request<Full<Bytes>>, http::Error> {
+    let sub = &target.sub;
+    let mut req = http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path));
+    let body = match sub.mode {
+        DeliveryMode::Binary => payload.clone(),
+        DeliveryMode::Structured => {
+            let pairs = headers.into_iter().flat_map(|h| {
+                h.iter().flat_map(|(n, vs)| {
+                    vs.iter()
+                        .map(move |v| (AsRef::<str>::as_ref(n), v.as_str()))
+                })
+            });
+            req = req.header(
+                http::header::CONTENT_TYPE,
+                "application/cloudevents+json; charset=utf-8",
+            );
+            Bytes::from(crate::event::to_structured(pairs, payload))
+        }
+    };
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            let lower = name.to_ascii_lowercase();
+            let wanted = match sub.mode {
+                DeliveryMode::Binary => lower.starts_with("ce-") || lower == "content-type",
+                DeliveryMode::Structured => false,
+            };
+            if wanted || matches!(lower.as_str(), "traceparent" | "tracestate") {
+                for v in values {
+                    req = req.header(lower.as_str(), v.as_str());
+                }
+            }
+        }
+    }
+    req.header(ATTEMPT_HEADER, attempt).body(Full::new(body))
+}
+
 /// `herald-dlq.<namespace>.<app id>.<the original subject without "herald.">`.
 pub fn dlq_subject(who: &Subscriber, original: &str) -> String {
     let mut s = String::from(DLQ_PREFIX);
@@ -693,6 +700,48 @@ mod tests {
             panic!()
         };
         assert_eq!(retry_after, None, "only 429 and 503 carry Retry-After");
+    }
+
+    #[test]
+    fn requests_carry_the_binding_and_refuse_what_http_cannot_carry() {
+        let target = Target {
+            sub: Subscription::new(crate::filter::TypeFilter::parse("a").unwrap()),
+            app_port: 8080,
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("ce-id", "1");
+        h.insert("ce-type", "a");
+        h.insert("Content-Type", "text/plain");
+        h.insert("traceparent", "00-abc");
+        h.insert("Nats-Msg-Id", "s 1");
+        let req = request(&target, Some(&h), &Bytes::from_static(b"hi"), 3).unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:8080/");
+        let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        for n in [
+            "ce-id",
+            "ce-type",
+            "content-type",
+            "traceparent",
+            ATTEMPT_HEADER,
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        assert!(!names.contains(&"nats-msg-id"));
+        // A publisher that wrote to NATS directly can store a value HTTP cannot carry.
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert("ce-id", "control\u{1}char");
+        assert!(request(&target, Some(&bad), &Bytes::new(), 1).is_err());
+        let mut structured = target.clone();
+        structured.sub.mode = DeliveryMode::Structured;
+        let req = request(&structured, Some(&h), &Bytes::from_static(b"hi"), 1).unwrap();
+        let body = futures::executor::block_on(req.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"id": "1", "type": "a", "datacontenttype": "text/plain", "data": "hi"})
+        );
     }
 
     #[test]

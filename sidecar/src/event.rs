@@ -297,6 +297,11 @@ fn non_empty(name: &str, v: Option<String>) -> Result<String, EventError> {
 }
 
 fn is_media_type(ct: &str) -> bool {
+    // Parameters may hold anything HTTP carries, but no control character: the value becomes a
+    // NATS header, which a line break would end.
+    if ct.chars().any(|c| c.is_control() && c != '\t') {
+        return false;
+    }
     let essence = ct.split(';').next().unwrap_or("").trim();
     match essence.split_once('/') {
         Some((t, s)) => !t.is_empty() && !s.is_empty() && !essence.contains(char::is_whitespace),
@@ -797,6 +802,12 @@ mod tests {
                 "datacontenttype",
             ),
         ];
+        // Structured mode can carry what no HTTP header can: a line break in a parameter.
+        let body = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"text/plain; a=\nb"}"#,
+        );
+        let err = from_structured(&body, &body).unwrap_err();
+        assert_eq!(err.attribute(), Some("datacontenttype"));
         for (h, attr) in cases {
             let err = from_binary(&headers(h), Bytes::new()).unwrap_err();
             assert_eq!(err.attribute(), Some(*attr), "{h:?} -> {err}");

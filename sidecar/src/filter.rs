@@ -55,13 +55,8 @@ impl TypeFilter {
                 pattern.len()
             )));
         }
-        if let Some(s) = &source
-            && s.len() > MAX_FILTER_SOURCE_BYTES
-        {
-            return Err(err(&format!(
-                "the source is {} bytes long; the limit is {MAX_FILTER_SOURCE_BYTES}",
-                s.len()
-            )));
+        if let Some(s) = &source {
+            check_source(s).map_err(|rule| err(&rule))?;
         }
         let tokens: Vec<String> = pattern.split('.').map(str::to_owned).collect();
         for (i, t) in tokens.iter().enumerate() {
@@ -100,13 +95,11 @@ impl TypeFilter {
                     "the source is empty (leave it out to accept any source)".into(),
                 ));
             }
-            Some(s) if s.len() > MAX_FILTER_SOURCE_BYTES => {
-                return Err(bad(format!(
-                    "the source is {} bytes long; the limit is {MAX_FILTER_SOURCE_BYTES}",
-                    s.len()
-                )));
+            Some(s) => {
+                check_source(s).map_err(bad)?;
+                Some(s.to_owned())
             }
-            s => s.map(str::to_owned),
+            None => None,
         };
         Ok(f)
     }
@@ -142,6 +135,23 @@ impl fmt::Display for TypeFilter {
         }
         f.write_str(&self.tokens.join("."))
     }
+}
+
+/// The rules of an event's `source` (a URI-reference, so no whitespace or control characters),
+/// with its size limit: the source also names the consumer and goes into NATS headers.
+fn check_source(s: &str) -> Result<(), String> {
+    if s.len() > MAX_FILTER_SOURCE_BYTES {
+        return Err(format!(
+            "the source is {} bytes long; the limit is {MAX_FILTER_SOURCE_BYTES}",
+            s.len()
+        ));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "the source must be a URI-reference (no whitespace or control characters)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// A comma-separated list of at most `max` filters; an empty list is rejected by the parser (say
@@ -217,5 +227,12 @@ mod tests {
         assert_eq!(e.rule, "the source is 257 bytes long; the limit is 256");
         let e = TypeFilter::with_source(None, &long).unwrap_err();
         assert!(e.rule.starts_with("the type pattern is 257 bytes"), "{e}");
+        // The source names the consumer and travels in NATS headers, which cannot hold a line
+        // break.
+        let e = TypeFilter::with_source(Some("a\nb"), "x").unwrap_err();
+        assert!(
+            e.rule.contains("no whitespace or control characters"),
+            "{e}"
+        );
     }
 }

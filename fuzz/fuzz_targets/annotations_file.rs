@@ -1,0 +1,14 @@
+//! The downward API annotations file (`key="value"` lines, Go-quoted values), then the
+//! annotation contract on what it holds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(annotations) = herald_sidecar::subscribe::parse_downward_api(text) {
+        let _ = herald_sidecar::subscribe::parse(&annotations);
+    }
+});
