@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use herald_injector::mutate::{Context, Decision, InjectorConfig, mutate};
+use herald_controlplane::webhook::mutate::{Context, Decision, InjectorConfig, mutate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = herald_injector::review::parse(data) else {
+    let Ok(req) = herald_controlplane::webhook::review::parse(data) else {
         return;
     };
     let cfg = InjectorConfig {
@@ -30,5 +30,5 @@ fuzz_target!(|data: &[u8]| {
         let mut value = serde_json::to_value(pod).expect("a parsed pod serializes");
         json_patch::patch(&mut value, &injection.patch).expect("the patch applies to its pod");
     }
-    let _ = herald_injector::review::answer(&req, &ctx, &cfg);
+    let _ = herald_controlplane::webhook::review::answer(&req, &ctx, &cfg);
 });

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(annotations) = herald_sidecar::subscribe::parse_downward_api(text) {
-        let _ = herald_sidecar::subscribe::parse(&annotations);
+    if let Ok(annotations) = herald_core::contract::parse_downward_api(text) {
+        let _ = herald_core::contract::parse(&annotations);
     }
 });

@@ -25,10 +25,12 @@ fuzz_target!(|data: &[u8]| {
         };
         headers.append(name, value);
     }
-    if let Ok(ev) = herald_sidecar::event::from_binary(&headers, Bytes::copy_from_slice(body)) {
+    if let Ok(ev) = herald_core::event::from_binary(&headers, Bytes::copy_from_slice(body)) {
         // An accepted event always becomes a storable NATS message.
-        let subject = herald_sidecar::subject::event_subject(&ev.source, &ev.ty);
-        assert!(subject.len() <= herald_sidecar::limits::MAX_EVENT_SUBJECT_BYTES);
-        let _ = herald_sidecar::broker::nats_headers(&ev, &Default::default());
+        let subject = herald_core::subject::event_subject(&ev.source, &ev.ty);
+        assert!(subject.len() <= herald_core::limits::MAX_EVENT_SUBJECT_BYTES);
+        // Through to the NATS headers the broker sends, where a bad value would panic.
+        let msg = herald_core::wire::message(&ev, &Default::default());
+        let _ = herald_jetstream::publish::header_map(&msg);
     }
 });

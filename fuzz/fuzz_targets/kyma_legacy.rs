@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(app) = std::str::from_utf8(app) else {
         return;
     };
-    if let Ok(ev) = herald_sidecar::legacy::to_event(app, &Bytes::copy_from_slice(body)) {
-        let _ = herald_sidecar::broker::nats_headers(&ev, &Default::default());
+    if let Ok(ev) = herald_core::legacy::to_event(app, &Bytes::copy_from_slice(body)) {
+        // Through to the NATS headers the broker sends, where a bad value would panic.
+        let msg = herald_core::wire::message(&ev, &Default::default());
+        let _ = herald_jetstream::publish::header_map(&msg);
     }
 });

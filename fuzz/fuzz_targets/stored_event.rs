@@ -3,10 +3,12 @@
 #![no_main]
 
 use bytes::Bytes;
-use herald_sidecar::attrfilter::{self, StoredAttributes};
-use herald_sidecar::deliver::{Target, request};
-use herald_sidecar::filter::TypeFilter;
-use herald_sidecar::subscribe::{DeliveryMode, Subscription};
+use herald_core::attrfilter;
+use herald_core::contract::{DeliveryMode, Subscription};
+use herald_core::delivery::{Target, request};
+use herald_core::filter::TypeFilter;
+use herald_core::wire::StoredAttributes;
+use herald_jetstream::consume::NatsHeaders;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         };
         headers.append(name, value);
     }
+    let headers = NatsHeaders(&headers);
     let payload = Bytes::copy_from_slice(body.as_bytes());
     let mut error = None;
     let _ = attrfilter::matches_all(filters(), &StoredAttributes(&headers), &mut error);
@@ -36,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             sub,
             app_port: 8080,
         };
-        let _ = request(&target, Some(&headers), &payload, 1);
+        let _ = request(&target, &headers, &payload, 1);
     }
 });
 

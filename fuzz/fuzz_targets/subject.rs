@@ -2,7 +2,7 @@
 //! token either decodes to what encodes back to it, or is refused.
 #![no_main]
 
-use herald_sidecar::subject::{decode_token, encode_token, event_subject, parse_event_subject};
+use herald_core::subject::{decode_token, encode_token, event_subject, parse_event_subject};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

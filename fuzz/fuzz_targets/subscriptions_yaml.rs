@@ -14,15 +14,15 @@ fuzz_target!(|data: &[u8]| {
         ("herald.dev/app-port".to_owned(), "8080".to_owned()),
         ("herald.dev/subscriptions".to_owned(), yaml.to_owned()),
     ]);
-    if let Ok(pod) = herald_sidecar::subscribe::parse(&annotations) {
-        assert!(pod.subscriptions.len() <= herald_sidecar::limits::MAX_SUBSCRIPTIONS);
-        let who = herald_sidecar::consumer::Subscriber {
+    if let Ok(pod) = herald_core::contract::parse(&annotations) {
+        assert!(pod.subscriptions.len() <= herald_core::limits::MAX_SUBSCRIPTIONS);
+        let who = herald_core::consumer::Subscriber {
             namespace: "ns".into(),
             app_id: "app".into(),
         };
         for sub in &pod.subscriptions {
             // Every accepted subscription makes a consumer configuration without panicking.
-            let _ = herald_sidecar::consumer::config(&who, sub);
+            let _ = herald_core::consumer::spec(&who, sub);
         }
     }
 });

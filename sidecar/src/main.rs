@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use herald_sidecar::config::{Cli, Command, ProcessEnv, parse_command_line};
+use herald_core::settings::ProcessEnv;
+use herald_runtime::cli::parse_command_line;
+use herald_sidecar::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli: Cli = match parse_command_line() {
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    match runtime.block_on(herald_sidecar::app::main(cli, &ProcessEnv)) {
+    match runtime.block_on(herald_sidecar::cli::run(cli, &ProcessEnv)) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("herald: {e}");

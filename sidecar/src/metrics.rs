@@ -1,9 +1,9 @@
 //! The sidecar's Prometheus metrics. Labels are enums (or status codes), never free text, so their
-//! cardinality is fixed.
+//! cardinality is fixed; enum values are written in lower snake case (`dead_lettered`).
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which publish endpoint served a request.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Route {
     Publish,
     Events,
@@ -31,7 +31,7 @@ pub struct RouteLabels {
 }
 
 /// How an event reached JetStream.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Durability {
     Sync,
     Async,
@@ -43,7 +43,7 @@ pub struct StoredLabels {
 }
 
 /// Why the async buffer gave an event up.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DropReason {
     Rejected,
     Shutdown,
@@ -54,7 +54,7 @@ pub struct DropLabels {
     pub reason: DropReason,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ConnectionEvent {
     Connected,
     Disconnected,
@@ -66,7 +66,7 @@ pub struct ConnectionLabels {
 }
 
 /// What one delivery attempt came to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum AttemptResult {
     /// The app answered 2xx.
     Delivered,
@@ -77,7 +77,7 @@ pub enum AttemptResult {
 }
 
 /// Where an event went in the end (per broker delivery).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DeliveryOutcome {
     Acked,
     /// Handed back for a later redelivery (delayed NAK).
@@ -108,16 +108,41 @@ pub struct OutcomeLabels {
     pub outcome: DeliveryOutcome,
 }
 
-/// A filter that could not be evaluated on an event (so the event did not pass), by CESQL error
-/// kind (`missingAttribute`, `cast`, `math`, `functionEvaluation`).
+/// The kind of error that kept a filter from being evaluated on an event (CESQL's error kinds).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FilterErrorKind {
+    Parse,
+    Math,
+    Cast,
+    MissingAttribute,
+    MissingFunction,
+    FunctionEvaluation,
+}
+
+impl From<herald_cesql::ErrorKind> for FilterErrorKind {
+    fn from(k: herald_cesql::ErrorKind) -> Self {
+        use herald_cesql::ErrorKind as K;
+        match k {
+            K::Parse => Self::Parse,
+            K::Math => Self::Math,
+            K::Cast => Self::Cast,
+            K::MissingAttribute => Self::MissingAttribute,
+            K::MissingFunction => Self::MissingFunction,
+            K::FunctionEvaluation => Self::FunctionEvaluation,
+        }
+    }
+}
+
+/// A filter that could not be evaluated on an event (so the event did not pass), by kind
+/// (`missing_attribute`, `cast`, `math`, `function_evaluation`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterErrorLabels {
     pub subscription: String,
-    pub kind: String,
+    pub kind: FilterErrorKind,
 }
 
 /// What a change of the annotations file came to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ReloadResult {
     Applied,
     /// The file changed but says the same.
@@ -130,6 +155,17 @@ pub enum ReloadResult {
 pub struct ReloadLabels {
     pub result: ReloadResult,
 }
+
+herald_runtime::snake_case_labels!(
+    Route,
+    Durability,
+    DropReason,
+    ConnectionEvent,
+    AttemptResult,
+    DeliveryOutcome,
+    FilterErrorKind,
+    ReloadResult,
+);
 
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,

@@ -1,9 +1,9 @@
-//! The end-to-end harness: real processes on free ports, cleaned up on drop.
+//! The end-to-end harness: real processes on ports they pick (port 0), cleaned up on drop.
 //!
 //! - [`Nats`]: a real `nats-server -js` (binary from `HERALD_TEST_NATS_SERVER`, else `nats-server`
 //!   from PATH), random port, temporary store; restartable on the same port to simulate outages.
 //! - [`Herald`]: the real `herald` binary (`HERALD_BIN`, else `target/debug/herald`; `scripts/test`
-//!   builds it first) as a child process on free ports.
+//!   builds it first) as a child process on port 0, reporting its ports in a ports file.
 //! - [`sink::Sink`]: a real HTTP app receiving deliveries (scripted answers, delays, peak
 //!   concurrency, stoppable and restartable on its port).
 //! - helpers to create streams with herald's own policy code and read back what JetStream stored.
@@ -13,12 +13,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::StreamMessage};
-use herald_sidecar::natsd::{NatsServer, NatsServerOptions, find_binary};
-use herald_sidecar::streams::{self, StreamPolicy};
+use herald_core::broker::Admin as _;
+use herald_core::policy::StreamPolicy;
+use herald_jetstream::JetStream;
+use herald_jetstream::natsd::{NatsServer, NatsServerOptions, find_binary};
 
 pub mod sink;
 
-pub use herald_sidecar;
+pub use herald_core;
+pub use herald_jetstream;
 
 /// A real nats-server for one test.
 pub struct Nats {
@@ -56,16 +59,30 @@ impl Nats {
         jetstream::new(client)
     }
 
+    /// herald's broker on this server, for creating and inspecting streams with herald's own code.
+    pub async fn broker(&self) -> JetStream {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server");
+        JetStream::new(client, Duration::from_secs(5), "HERALD")
+    }
+
+    /// Creates or updates a stream with herald's own policy code.
+    pub async fn ensure_stream(&self, policy: &StreamPolicy) {
+        self.broker()
+            .await
+            .ensure_stream(policy)
+            .await
+            .unwrap_or_else(|e| panic!("ensure {}: {e}", policy.name));
+    }
+
     /// Creates `HERALD` (limits retention, so events stay without consumers) and `HERALD_DLQ`.
     pub async fn create_streams(&self) -> jetstream::Context {
-        let js = self.jetstream().await;
-        streams::ensure(&js, &StreamPolicy::dev_events("HERALD"))
-            .await
-            .expect("create HERALD");
-        streams::ensure(&js, &StreamPolicy::dead_letters("HERALD_DLQ"))
-            .await
-            .expect("create HERALD_DLQ");
-        js
+        self.ensure_stream(&StreamPolicy::dev_events("HERALD"))
+            .await;
+        self.ensure_stream(&StreamPolicy::dead_letters("HERALD_DLQ"))
+            .await;
+        self.jetstream().await
     }
 }
 
@@ -114,12 +131,30 @@ pub fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
     m.headers.get(name).map(|v| v.as_str())
 }
 
-/// A TCP port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind :0")
+/// Waits for a ports file (`--ports-file`) to appear and returns it parsed; fails with the log if
+/// the process exits first or takes over 20 s.
+pub async fn read_ports(
+    path: &std::path::Path,
+    child: &mut Child,
+    log: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Renamed into place whole, so a file that exists parses.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("ports file {text:?}: {e}"));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("exited ({status}) before listening; log:\n{}", log());
+        }
+        assert!(
+            Instant::now() < until,
+            "no ports file after 20 s; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub fn herald_bin() -> PathBuf {
@@ -152,47 +187,17 @@ impl Herald {
         Self::start_with_env(mode, args, &[]).await
     }
 
-    /// Ports come from [`free_port`], so another process of a parallel test can take one in
-    /// between; a herald that exits because it cannot listen is started again on new ports.
+    /// Both listeners on port 0: the addresses come from the ports file herald writes once it
+    /// listens (`--ports-file`), so parallel tests never race for ports.
     pub async fn start_with_env(mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        for _ in 0..3 {
-            let mut h = Self::spawn(mode, args, env);
-            let client = reqwest::Client::new();
-            let until = Instant::now() + Duration::from_secs(20);
-            loop {
-                let up = client.get(format!("{}/healthz", h.admin)).send().await;
-                if up.is_ok_and(|r| r.status() == 200) {
-                    return h;
-                }
-                if let Ok(Some(_)) = h.child.try_wait() {
-                    if h.log_text().contains("cannot listen") {
-                        break;
-                    }
-                    panic!("herald exited at start; log:\n{}", h.log_text());
-                }
-                assert!(
-                    Instant::now() < until,
-                    "/healthz never answered; herald log:\n{}",
-                    h.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
-        panic!("herald could not listen on free ports three times in a row");
-    }
-
-    fn spawn(mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let (port, admin_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("herald.log");
-        let child = Command::new(herald_bin())
+        let ports = dir.path().join("ports.json");
+        let mut child = Command::new(herald_bin())
             .arg(mode)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin_port}"),
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--ports-file")
+            .arg(&ports)
             .args(args)
             .envs(env.iter().copied())
             .env("HERALD_LOG", "info,herald_sidecar=debug")
@@ -201,13 +206,23 @@ impl Herald {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn herald");
-        Herald {
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let listening = read_ports(&ports, &mut child, &log_text).await;
+        let address = |name: &str| {
+            listening[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} address in the ports file: {listening}"))
+                .to_owned()
+        };
+        let h = Herald {
+            url: format!("http://{}", address("publish")),
+            admin: format!("http://{}", address("admin")),
             child,
-            url: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
             log,
             _dir: dir,
-        }
+        };
+        h.wait_for("/healthz", 200).await;
+        h
     }
 
     /// `herald sidecar` against `nats`, with app id `test`.
@@ -294,12 +309,8 @@ impl Herald {
     }
 
     /// The value of one sample (`name{labels}` exactly as exposed); 0 when absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+    pub async fn metric(&self, name: &str) -> f64 {
+        sample(&self.metrics().await, name).unwrap_or(0.0)
     }
 
     pub fn log_text(&self) -> String {
@@ -512,15 +523,31 @@ pub async fn subscriber(nats: &Nats, app_id: &str, sink: &sink::Sink, extra: &[&
     h
 }
 
+/// A binary-mode `POST {base}/publish` with the four required attributes; add headers and a body.
+pub fn binary(base: &str, id: &str, source: &str, ty: &str) -> reqwest::RequestBuilder {
+    binary_on(&reqwest::Client::new(), base, id, source, ty)
+}
+
+/// [`binary`] on `client`, to reuse its connections.
+pub fn binary_on(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    source: &str,
+    ty: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/publish"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", source)
+        .header("ce-type", ty)
+}
+
 /// Publishes event `id` of type `ty` (source `shop`, JSON data, a traceparent) in binary mode;
 /// expects 204.
 pub async fn publish(h: &Herald, id: &str, ty: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "shop")
-        .header("ce-type", ty)
+    let r = binary(&h.url, id, "shop", ty)
         .header("content-type", "application/json")
         .header(
             "traceparent",
@@ -531,4 +558,54 @@ pub async fn publish(h: &Herald, id: &str, ty: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in a metrics text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Every consumer of the events stream `HERALD`.
+pub async fn consumers(js: &jetstream::Context) -> Vec<jetstream::consumer::Info> {
+    use futures::TryStreamExt as _;
+    let stream = js.get_stream("HERALD").await.expect("the events stream");
+    stream
+        .consumers()
+        .try_collect()
+        .await
+        .expect("consumers listed")
+}
+
+/// The consumer of `filter`, found by its description (`namespace/app/filter`).
+pub async fn consumer_for(js: &jetstream::Context, filter: &str) -> jetstream::consumer::Info {
+    consumers(js)
+        .await
+        .into_iter()
+        .find(|c| {
+            c.config
+                .description
+                .as_deref()
+                .is_some_and(|d| d.ends_with(&format!("/{filter}")))
+        })
+        .unwrap_or_else(|| panic!("no consumer for {filter}"))
+}
+
+/// Whether every consumer of `HERALD` has settled everything: nothing pending, nothing leased.
+/// Once true, no event is on its way to any app (until something is published again).
+pub async fn settled(js: &jetstream::Context) -> bool {
+    consumers(js)
+        .await
+        .iter()
+        .all(|c| c.num_pending == 0 && c.num_ack_pending == 0)
+}
+
+/// Waits (15 s at most) until [`settled`].
+pub async fn wait_settled(js: &jetstream::Context) {
+    eventually(
+        Duration::from_secs(15),
+        "every consumer settled everything",
+        || settled(js),
+    )
+    .await;
 }

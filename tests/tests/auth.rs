@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use herald_tests::herald_sidecar::streams::{self, StreamPolicy};
+use herald_tests::herald_core::broker::Admin as _;
+use herald_tests::herald_core::policy::StreamPolicy;
+use herald_tests::herald_jetstream::JetStream;
 use herald_tests::{Herald, Nats, stored};
 use nkeys::KeyPair;
 use serde_json::{Value, json};
@@ -106,11 +108,14 @@ async fn a_sidecar_with_credentials_publishes_to_an_operator_mode_server_and_one
         .connect(nats.url())
         .await
         .expect("the test's own credentials work");
-    let js = async_nats::jetstream::new(client);
-    streams::ensure(&js, &StreamPolicy::dev_events("HERALD"))
+    let js = async_nats::jetstream::new(client.clone());
+    let broker = JetStream::new(client, std::time::Duration::from_secs(5), "HERALD");
+    broker
+        .ensure_stream(&StreamPolicy::dev_events("HERALD"))
         .await
         .unwrap();
-    streams::ensure(&js, &StreamPolicy::dead_letters("HERALD_DLQ"))
+    broker
+        .ensure_stream(&StreamPolicy::dead_letters("HERALD_DLQ"))
         .await
         .unwrap();
 

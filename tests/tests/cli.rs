@@ -95,16 +95,17 @@ async fn stream_info_reads_the_url_from_the_environment() {
     );
 }
 
-/// `herald run` arguments against the test's nats-server, on free ports.
+/// `herald run` arguments against the test's nats-server, on ports the system picks.
 fn run_args(nats: &Nats, app: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
         "--nats-url",
         nats.server.url(),
+        // Port 0: the app learns the publish address from HERALD_URL.
         "--listen",
-        &format!("127.0.0.1:{}", herald_tests::free_port()),
+        "127.0.0.1:0",
         "--admin-listen",
-        &format!("127.0.0.1:{}", herald_tests::free_port()),
+        "127.0.0.1:0",
         "--",
     ]
     .iter()
@@ -130,9 +131,14 @@ fn run_starts_the_app_with_herald_url_and_exits_with_its_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     let url = std::fs::read_to_string(&seen).unwrap();
-    assert!(url.trim().starts_with("http://127.0.0.1:"), "{url}");
-    // The app is told the publish API's address (`--listen`).
-    assert_eq!(url.trim(), format!("http://{}", args[4]));
+    // The app is told the address the publish API is bound to: with `--listen 127.0.0.1:0`,
+    // the port the system picked, not 0.
+    let port: u16 = url
+        .trim()
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a loopback URL with a port: {url}"));
+    assert_ne!(port, 0);
 
     let args = run_args(&nats, &["/nonexistent/app"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -199,7 +205,9 @@ async fn wait_returns_once_the_sidecar_serves_and_fails_after_its_timeout() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     drop(h);
 
-    let port = herald_tests::free_port();
+    // A port that takes connections (the kernel's backlog) and never answers: this test owns it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
     let out = herald_output(
         &[
             "wait",
@@ -218,6 +226,7 @@ async fn wait_returns_once_the_sidecar_serves_and_fails_after_its_timeout() {
         )),
         "{err}"
     );
+    drop(silent);
     let out = herald_output(&["wait", "--timeout", "never"], &[]);
     assert_eq!(out.status.code(), Some(64));
 }

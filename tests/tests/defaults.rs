@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use herald_sidecar::defaults::{self, DELIVERY_KEY};
+use herald_tests::herald_core::broker::ConfigStore as _;
+use herald_tests::herald_core::defaults::{BUCKET, DELIVERY_KEY};
 use herald_tests::sink::Sink;
 use herald_tests::{Nats, eventually, header, publish, stored, subscriber};
 
@@ -31,13 +32,16 @@ async fn attempts_of(js: &async_nats::jetstream::Context, id: &str) -> String {
 async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     let nats = Nats::start();
     let js = nats.create_streams().await;
-    let kv = defaults::bucket(&js, true).await.unwrap();
-    kv.put(
-        DELIVERY_KEY,
-        r#"{"maxAttempts": 2, "backoff": "10ms"}"#.into(),
-    )
-    .await
-    .unwrap();
+    let broker = nats.broker().await;
+    broker.ensure_bucket(BUCKET).await.unwrap();
+    broker
+        .put(
+            BUCKET,
+            DELIVERY_KEY,
+            r#"{"maxAttempts": 2, "backoff": "10ms"}"#.into(),
+        )
+        .await
+        .unwrap();
 
     let sink = Sink::start().await;
     sink.always(503);
@@ -58,7 +62,8 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     assert_eq!(attempts_of(&js, "x-1").await, "2");
 
     // Changed while running: the next event gets the new budget, without a restart.
-    kv.put(DELIVERY_KEY, r#"{"maxAttempts": 3}"#.into())
+    broker
+        .put(BUCKET, DELIVERY_KEY, r#"{"maxAttempts": 3}"#.into())
         .await
         .unwrap();
     eventually(Duration::from_secs(10), "the sidecar reloads", || async {
@@ -69,7 +74,8 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     assert_eq!(attempts_of(&js, "x-2").await, "3");
 
     // A bad value is refused with its field named; the last good defaults stay.
-    kv.put(DELIVERY_KEY, r#"{"maxAttempts": 0}"#.into())
+    broker
+        .put(BUCKET, DELIVERY_KEY, r#"{"maxAttempts": 0}"#.into())
         .await
         .unwrap();
     eventually(
@@ -102,7 +108,7 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     assert_eq!(attempts_of(&js, "y-1").await, "1");
 
     // The key removed: back to the built-in budget of 10 (4 seen here is enough to tell).
-    kv.delete(DELIVERY_KEY).await.unwrap();
+    broker.delete(BUCKET, DELIVERY_KEY).await.unwrap();
     eventually(
         Duration::from_secs(10),
         "the sidecar reloads again",

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, dead_letters, eventually, header, publish, stored, subscriber};
+use herald_tests::{
+    Herald, Nats, consumers, dead_letters, eventually, header, publish, settled, stored,
+    subscriber, wait_settled,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -28,7 +31,13 @@ async fn an_event_waits_in_the_stream_while_the_app_is_down_and_is_delivered_whe
     .await;
     sink.down();
     publish(&h, "o-1", "order.created.v1").await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Tried while the app is down, and handed back to wait in the stream.
+    eventually(WAIT, "a failed attempt and a redelivery", || async {
+        h.metric(r#"herald_deliveries_total{subscription="order.created.v1",outcome="redelivery"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
     assert!(sink.received().is_empty());
     sink.up().await;
     let got = sink.wait_for(1, WAIT).await;
@@ -55,7 +64,7 @@ async fn an_event_waits_in_the_stream_while_the_app_is_down_and_is_delivered_whe
 #[tokio::test]
 async fn two_apps_each_get_every_event_and_replicas_share_them() {
     let nats = Nats::start();
-    nats.create_streams().await;
+    let js = nats.create_streams().await;
     let (billing, shipping_a, shipping_b) = (
         Sink::start().await,
         Sink::start().await,
@@ -74,7 +83,8 @@ async fn two_apps_each_get_every_event_and_replicas_share_them() {
         shipping_a.received().len() + shipping_b.received().len() >= 40
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every delivery acknowledged: nothing more is on its way.
+    wait_settled(&js).await;
     let ids = |s: &Sink| {
         s.received()
             .iter()
@@ -112,7 +122,7 @@ async fn two_apps_each_get_every_event_and_replicas_share_them() {
 #[tokio::test]
 async fn a_server_error_is_retried_and_the_attempt_is_counted() {
     let nats = Nats::start();
-    nats.create_streams().await;
+    let js = nats.create_streams().await;
     let sink = Sink::start().await;
     sink.script(&[(500, None), (502, None)]);
     let h = subscriber(&nats, "billing", &sink, &["--subscribe", "order.>"]).await;
@@ -123,7 +133,7 @@ async fn a_server_error_is_retried_and_the_attempt_is_counted() {
         .map(|r| r.header("herald-delivery-attempt").unwrap().to_owned())
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_settled(&js).await;
     assert_eq!(
         sink.received().len(),
         3,
@@ -136,9 +146,9 @@ async fn a_server_error_is_retried_and_the_attempt_is_counted() {
         .await
         .unwrap();
     for needle in [
-        r#"herald_delivery_attempts_total{subscription="order.>",result="Retryable"} 2"#,
-        r#"herald_delivery_attempts_total{subscription="order.>",result="Delivered"} 1"#,
-        r#"herald_deliveries_total{subscription="order.>",outcome="Acked"} 1"#,
+        r#"herald_delivery_attempts_total{subscription="order.>",result="retryable"} 2"#,
+        r#"herald_delivery_attempts_total{subscription="order.>",result="delivered"} 1"#,
+        r#"herald_deliveries_total{subscription="order.>",outcome="acked"} 1"#,
         r#"herald_deliveries_in_flight{subscription="order.>"} 0"#,
         r#"herald_delivery_attempt_duration_seconds_count{subscription="order.>"} 3"#,
         r#"herald_consumer_pending{subscription="order.>"}"#,
@@ -162,7 +172,7 @@ async fn a_client_error_is_dead_lettered_at_once() {
     .await;
     publish(&h, "bad-1", "order.created.v1").await;
     dead_letters(&js).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_settled(&js).await;
     assert_eq!(
         sink.received().len(),
         1,
@@ -219,7 +229,7 @@ async fn an_exhausted_budget_is_dead_lettered_with_the_reason() {
             .unwrap()
             .contains("gave up after 5 attempts")
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_settled(&js).await;
     let attempts: Vec<String> = sink
         .received()
         .iter()
@@ -303,17 +313,10 @@ async fn sigterm_lets_a_slow_delivery_finish_and_dead_letters_nothing() {
         .unwrap();
     assert!(status.is_some_and(|s| s.success()));
     assert!(stored(&js, "HERALD_DLQ").await.is_empty());
-    // The delivery completed and was acknowledged: a new sidecar gets nothing.
-    let sink2 = Sink::start().await;
-    let _h2 = subscriber(
-        &nats,
-        "billing",
-        &sink2,
-        &["--subscribe", "order.created.v1"],
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(sink2.received().is_empty());
+    // The delivery completed and was acknowledged before the sidecar exited: nothing is leased
+    // (it would come back after the ack wait) and nothing waits.
+    assert!(settled(&js).await, "{:?}", consumers(&js).await);
+    assert_eq!(sink.received().len(), 1);
 }
 
 #[tokio::test]
@@ -450,7 +453,11 @@ async fn nats_killed_during_delivery_loses_nothing() {
     }
     sink.wait_for(5, WAIT).await;
     nats.server.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Down until the sidecar has noticed.
+    eventually(WAIT, "the sidecar sees NATS gone", || async {
+        h.metric("herald_nats_connected").await == 0.0
+    })
+    .await;
     nats.server.restart().unwrap();
     wait_all(&sink, &ids, Duration::from_secs(40)).await;
     let dups = at_least_once(&sink, &ids);
@@ -539,7 +546,8 @@ async fn deadletter_list_and_replay_redeliver_to_the_failed_subscription_only() 
     let got = billing.wait_for(2, WAIT).await;
     assert_eq!(got[1].header("ce-id"), Some("dl-1"));
     assert_eq!(&got[1].body[..], br#"{"id":"dl-1"}"#);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every consumer, shipping's included, has taken the replay and settled it.
+    wait_settled(&js).await;
     assert_eq!(
         shipping.received().len(),
         1,

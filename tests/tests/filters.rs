@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, PodInfo, eventually};
+use herald_tests::{Herald, Nats, PodInfo, binary, eventually, sample, settled};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -14,13 +13,8 @@ const WAIT: Duration = Duration::from_secs(15);
 type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 
 async fn publish(h: &Herald, id: &str, source: &str, ext: &[(&str, &str)]) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", source)
-        .header("ce-type", "order.created.v1")
-        .header("content-type", "application/json");
+    let mut req =
+        binary(&h.url, id, source, "order.created.v1").header("content-type", "application/json");
     for (k, v) in ext {
         req = req.header(format!("ce-{k}"), *v);
     }
@@ -28,20 +22,8 @@ async fn publish(h: &Herald, id: &str, source: &str, ext: &[(&str, &str)]) {
     assert_eq!(r.status(), 204, "{id}");
 }
 
-async fn metrics(h: &Herald) -> String {
-    reqwest::get(format!("{}/metrics", h.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn value(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+fn value(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or(0.0)
 }
 
 fn ids(sink: &Sink) -> Vec<String> {
@@ -52,13 +34,6 @@ fn ids(sink: &Sink) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-async fn settled(js: &async_nats::jetstream::Context) -> bool {
-    let stream = js.get_stream("HERALD").await.unwrap();
-    let all: Vec<_> = stream.consumers().try_collect().await.unwrap();
-    all.iter()
-        .all(|c| c.num_pending == 0 && c.num_ack_pending == 0)
 }
 
 #[tokio::test]
@@ -104,12 +79,12 @@ async fn only_matching_events_are_delivered_and_the_rest_are_acked_and_counted()
     sink.wait_for(2, WAIT).await;
     eventually(WAIT, "every event is acked", || settled(&js)).await;
     assert_eq!(ids(&sink), ["pass-1", "pass-2"]);
-    let m = metrics(&h).await;
+    let m = h.metrics().await;
     let sub = r#"{subscription="order.created.v1","#;
     assert_eq!(
         value(
             &m,
-            &format!("herald_deliveries_total{sub}outcome=\"Filtered\"}}")
+            &format!("herald_deliveries_total{sub}outcome=\"filtered\"}}")
         ),
         5.0,
         "{m}"
@@ -117,14 +92,14 @@ async fn only_matching_events_are_delivered_and_the_rest_are_acked_and_counted()
     assert_eq!(
         value(
             &m,
-            &format!("herald_deliveries_total{sub}outcome=\"Acked\"}}")
+            &format!("herald_deliveries_total{sub}outcome=\"acked\"}}")
         ),
         2.0
     );
     assert_eq!(
         value(
             &m,
-            &format!("herald_filter_errors_total{sub}kind=\"missingAttribute\"}}")
+            &format!("herald_filter_errors_total{sub}kind=\"missing_attribute\"}}")
         ),
         1.0
     );
@@ -144,8 +119,8 @@ async fn only_matching_events_are_delivered_and_the_rest_are_acked_and_counted()
     ]);
     eventually(WAIT, "the reload is applied", || async {
         value(
-            &metrics(&h).await,
-            "herald_config_reloads_total{result=\"Applied\"}",
+            &h.metrics().await,
+            "herald_config_reloads_total{result=\"applied\"}",
         ) >= 1.0
     })
     .await;

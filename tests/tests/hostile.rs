@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use herald_tests::{Herald, Nats, herald_output, stored};
+use herald_tests::{Herald, Nats, binary_on, herald_output, stored};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -92,13 +92,7 @@ fn publish(
     source: &str,
     ty: &str,
 ) -> reqwest::RequestBuilder {
-    client
-        .post(format!("{}/publish", h.url))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", source)
-        .header("ce-type", ty)
-        .body("{}")
+    binary_on(client, &h.url, id, source, ty).body("{}")
 }
 
 #[tokio::test]

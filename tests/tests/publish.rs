@@ -1,12 +1,14 @@
 //! The publish path end to end: the real `herald` binary in front of a real nats-server.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cloudevents::binding::reqwest::RequestBuilderExt as _;
 use cloudevents::{EventBuilder as _, EventBuilderV10};
 use futures::StreamExt as _;
-use herald_tests::{Herald, Nats, eventually, header, stored};
+use herald_tests::{Herald, Nats, binary, eventually, header, stored};
 use serde_json::{Value, json};
 
 /// A nats-server with both streams, and a ready `herald sidecar` in front of it.
@@ -20,16 +22,6 @@ async fn ready_sidecar(args: &[&str]) -> (Nats, async_nats::jetstream::Context, 
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
-}
-
-/// A binary-mode `POST /publish` with the four required attributes.
-fn binary(base: &str, id: &str, source: &str, ty: &str) -> reqwest::RequestBuilder {
-    client()
-        .post(format!("{base}/publish"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", source)
-        .header("ce-type", ty)
 }
 
 async fn publish_binary(h: &Herald, id: &str) -> reqwest::Response {
@@ -451,9 +443,9 @@ async fn types_outside_the_allowlist_get_403() {
 async fn a_full_stream_answers_507() {
     let nats = Nats::start();
     let js = nats.jetstream().await;
-    let mut policy = herald_sidecar::streams::StreamPolicy::dev_events("HERALD");
+    let mut policy = herald_tests::herald_core::policy::StreamPolicy::dev_events("HERALD");
     policy.max_bytes = 4096;
-    herald_sidecar::streams::ensure(&js, &policy).await.unwrap();
+    nats.ensure_stream(&policy).await;
     let h = Herald::sidecar(&nats, &[]).await;
     h.wait_ready().await;
     let mut statuses = Vec::new();
@@ -538,12 +530,27 @@ async fn nats_killed_and_restarted_under_load_loses_no_acknowledged_event() {
             (acked, refused)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stored_sync = r#"herald_events_stored_total{durability="sync"}"#;
+    let wait = Duration::from_secs(20);
+    eventually(wait, "load before the outage", || async {
+        h.metric(stored_sync).await >= 100.0
+    })
+    .await;
     nats.server.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Down until the sidecar has noticed and refused publishes for it.
+    eventually(wait, "publishes refused during the outage", || async {
+        h.metric(r#"herald_publish_requests_total{route="publish",status="503"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
     nats.server.restart().unwrap();
     h.wait_ready().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = h.metric(stored_sync).await;
+    eventually(wait, "load after the outage", || async {
+        h.metric(stored_sync).await >= before + 100.0
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut acked, mut refused) = (HashSet::new(), 0);
     for w in workers {
@@ -577,16 +584,19 @@ async fn nats_killed_and_restarted_under_load_loses_no_acknowledged_event() {
 }
 
 /// A NATS responder that answers JetStream publishes on `herald.>` itself, to produce the
-/// failures a healthy server never does.
+/// failures a healthy server never does. The counter says how many publishes reached it.
 async fn fake_jetstream(
     nats: &Nats,
     reply: Option<(&'static str, Duration)>,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
     let c = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = c.subscribe("herald.>").await.unwrap();
     c.flush().await.unwrap();
-    tokio::spawn(async move {
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let task = tokio::spawn(async move {
         while let Some(m) = sub.next().await {
+            counter.fetch_add(1, Ordering::AcqRel);
             if let (Some((body, delay)), Some(to)) = (reply, m.reply) {
                 let c = c.clone();
                 tokio::spawn(async move {
@@ -596,7 +606,8 @@ async fn fake_jetstream(
                 });
             }
         }
-    })
+    });
+    (task, received)
 }
 
 #[tokio::test]
@@ -685,7 +696,7 @@ async fn async_durability_answers_202_and_stores_later() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_publish_finish() {
     let nats = Nats::start();
-    let _responder = fake_jetstream(
+    let (_responder, received) = fake_jetstream(
         &nats,
         Some((
             r#"{"stream":"HERALD","seq":1}"#,
@@ -702,7 +713,13 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
             .await
             .map(|r| r.status().as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: JetStream (the fake) has it and has not answered yet.
+    eventually(
+        Duration::from_secs(5),
+        "the publish reaches JetStream",
+        || async { received.load(Ordering::Acquire) >= 1 },
+    )
+    .await;
     h.sigterm();
     // Draining: the admin API still answers, and says why the sidecar is not ready.
     let until = std::time::Instant::now() + Duration::from_secs(5);
@@ -768,11 +785,11 @@ async fn health_readiness_and_metrics() {
         .await
         .unwrap();
     for needle in [
-        r#"herald_publish_requests_total{route="Publish",status="204"} 1"#,
-        r#"herald_publish_requests_total{route="Publish",status="400"} 1"#,
+        r#"herald_publish_requests_total{route="publish",status="204"} 1"#,
+        r#"herald_publish_requests_total{route="publish",status="400"} 1"#,
         "herald_publish_request_duration_seconds_bucket",
         "herald_nats_connected 1",
-        r#"herald_events_stored_total{durability="Sync"} 1"#,
+        r#"herald_events_stored_total{durability="sync"} 1"#,
     ] {
         assert!(text.contains(needle), "{needle} not in:\n{text}");
     }

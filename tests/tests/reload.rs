@@ -6,19 +6,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt as _;
 use herald_tests::sink::Sink;
-use herald_tests::{Herald, Nats, PodInfo, eventually};
+use herald_tests::{
+    Herald, Nats, PodInfo, binary_on, consumer_for, consumers, eventually, sample, wait_settled,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn publish(client: &reqwest::Client, url: &str, id: &str, ty: &str) -> u16 {
-    client
-        .post(format!("{url}/publish"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "shop")
-        .header("ce-type", ty)
+    binary_on(client, url, id, "shop", ty)
         .header("content-type", "application/json")
         .body(format!("{{\"id\":\"{id}\",\"b\":[1,2]}}"))
         .send()
@@ -27,33 +23,14 @@ async fn publish(client: &reqwest::Client, url: &str, id: &str, ty: &str) -> u16
         .unwrap_or(0)
 }
 
-async fn metric(h: &Herald, line_start: &str) -> Option<f64> {
+async fn metric(h: &Herald, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("{}/metrics", h.admin))
         .await
         .ok()?
         .text()
         .await
         .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The consumer of `filter`, found by its description (`namespace/app/filter`).
-async fn consumer_info(
-    js: &async_nats::jetstream::Context,
-    filter: &str,
-) -> async_nats::jetstream::consumer::Info {
-    let stream = js.get_stream("HERALD").await.unwrap();
-    let all: Vec<_> = stream.consumers().try_collect().await.unwrap();
-    all.into_iter()
-        .find(|c| {
-            c.config
-                .description
-                .as_deref()
-                .is_some_and(|d| d.ends_with(&format!("/{filter}")))
-        })
-        .unwrap_or_else(|| panic!("no consumer for {filter}"))
+    sample(&text, name)
 }
 
 #[tokio::test]
@@ -117,7 +94,17 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
         .find(|r| r.header("ce-type") == Some("order.paid.v1"))
         .map(|r| r.at)
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Load keeps going past the swap: enough order.paid.v1 events published after it.
+    eventually(WAIT, "load continues after the swap", || async {
+        published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, ty, at)| ty == "order.paid.v1" && *at > first_paid)
+            .count()
+            > 30
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
     let published = published.lock().unwrap().clone();
@@ -164,14 +151,14 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
     assert!(seen.values().all(|&n| n == 1), "duplicates: {seen:?}");
     // The new limit reached the shared consumer.
     assert_eq!(
-        consumer_info(&js, "order.paid.v1")
+        consumer_for(&js, "order.paid.v1")
             .await
             .config
             .max_ack_pending,
         6
     );
     assert_eq!(
-        metric(&h, "herald_config_reloads_total{result=\"Applied\"}").await,
+        metric(&h, "herald_config_reloads_total{result=\"applied\"}").await,
         Some(1.0)
     );
 
@@ -181,7 +168,7 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
         ("herald.dev/subscribe", "order..v1"),
     ]);
     eventually(WAIT, "the bad annotations are rejected", || async {
-        metric(&h, "herald_config_reloads_total{result=\"Rejected\"}").await == Some(1.0)
+        metric(&h, "herald_config_reloads_total{result=\"rejected\"}").await == Some(1.0)
     })
     .await;
     assert!(h.log_text().contains("herald.dev/subscribe"));
@@ -239,7 +226,7 @@ async fn reload_adds_and_removes_subscriptions_under_load() {
     )
     .await;
     eventually(WAIT, "the created consumer has nothing pending", || async {
-        consumer_info(&js, "order.created.v1").await.num_ack_pending == 0
+        consumer_for(&js, "order.created.v1").await.num_ack_pending == 0
     })
     .await;
 }
@@ -290,13 +277,10 @@ async fn yaml_subscriptions_choose_mode_path_and_start_position() {
         publish(&client, &h.url, "new-1", "order.paid.v1").await,
         204
     );
-    let got = sink.wait_for(2, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = if sink.received().len() > got.len() {
-        sink.received()
-    } else {
-        got
-    };
+    sink.wait_for(2, WAIT).await;
+    // Settled: whatever was going to be delivered has been.
+    wait_settled(&js).await;
+    let got = sink.received();
     let ids: Vec<(&str, &str)> = got
         .iter()
         .map(|r| (r.path.as_str(), r.header("ce-id").unwrap_or("-")))
@@ -325,7 +309,5 @@ async fn yaml_subscriptions_choose_mode_path_and_start_position() {
     assert_eq!(binary.header("ce-id"), Some("new-1"));
     assert_eq!(binary.body.as_ref(), br#"{"id":"new-1","b":[1,2]}"#);
     // The consumers were created with those start positions.
-    let stream = js.get_stream("HERALD").await.unwrap();
-    let all: Vec<_> = stream.consumers().try_collect().await.unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(consumers(&js).await.len(), 2);
 }

@@ -1,0 +1,415 @@
+//! The live configuration: one delivery task per subscription, started, updated and stopped as the
+//! pod's annotations or the cluster's delivery defaults ([`super::defaults`]) change, without a
+//! restart.
+//!
+//! The annotations file is watched with [`herald_runtime::watch`] (the kubelet's `..data` swap
+//! included, the sidecar's own reads ignored). A change is applied only when the file parses and
+//! validates; otherwise the running configuration stays and the error is logged and counted.
+//!
+//! Applying a configuration compares subscriptions by filter (the consumer's identity): a new one
+//! starts a task, a removed one stops pulling and lets its deliveries in flight finish, a changed
+//! one gets the new settings for its next deliveries while those in flight keep the settings they
+//! started with. The publish allowlist is swapped at once. The app id is fixed at start (it names
+//! the consumers).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use herald_core::contract::PodConfig;
+use herald_core::defaults::Defaults;
+use herald_core::delivery::Target;
+use herald_core::filter::TypeFilter;
+use herald_runtime::shutdown::Shutdown;
+use herald_runtime::watch::{SETTLE, watch_file};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::config::PodSource;
+use crate::deliver::Deliverer;
+use crate::metrics::{Metrics, ReloadLabels, ReloadResult};
+use crate::readiness::Readiness;
+
+struct Running {
+    live: watch::Sender<Arc<Target>>,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running subscriptions of the pod.
+pub struct Subscriptions {
+    deliverer: Arc<Deliverer>,
+    readiness: Arc<Readiness>,
+    shutdown: Shutdown,
+    grace: Duration,
+    publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+    metrics: Arc<Metrics>,
+    running: HashMap<String, Running>,
+    /// Removed subscriptions still finishing their deliveries.
+    stopping: JoinSet<()>,
+}
+
+impl Subscriptions {
+    pub fn new(
+        deliverer: Arc<Deliverer>,
+        readiness: Arc<Readiness>,
+        shutdown: Shutdown,
+        grace: Duration,
+        publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Subscriptions {
+            deliverer,
+            readiness,
+            shutdown,
+            grace,
+            publish_allow,
+            metrics,
+            running: HashMap::new(),
+            stopping: JoinSet::new(),
+        }
+    }
+
+    /// Makes the running subscriptions match `pod`.
+    pub fn apply(&mut self, pod: &PodConfig) {
+        self.publish_allow
+            .store(Arc::new(pod.publish_allow.clone()));
+        let wanted: HashMap<String, Target> = match pod.app_port {
+            Some(app_port) => pod
+                .subscriptions
+                .iter()
+                .map(|sub| {
+                    let target = Target {
+                        sub: sub.clone(),
+                        app_port,
+                    };
+                    (sub.filter.to_string(), target)
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in removed {
+            if let Some(r) = self.running.remove(&key) {
+                tracing::info!(subscription = %key, "unsubscribed; deliveries in flight finish");
+                r.stop.trigger();
+                self.retire(r);
+            }
+        }
+        for (key, target) in wanted {
+            match self.running.get(&key) {
+                Some(r) => {
+                    let changed = r.live.send_if_modified(|current| {
+                        let changed = **current != target;
+                        if changed {
+                            *current = Arc::new(target.clone());
+                        }
+                        changed
+                    });
+                    if changed {
+                        tracing::info!(subscription = %key, "subscription settings changed");
+                    }
+                }
+                None => {
+                    let (live, rx) = watch::channel(Arc::new(target));
+                    let stop = self.shutdown.child();
+                    self.readiness.expect_consumers(1);
+                    let readiness = self.readiness.clone();
+                    // Every log line of the subscription's task and its deliveries says which one.
+                    let span = tracing::info_span!("subscription", subscription = %key);
+                    let task = tokio::spawn(
+                        self.deliverer
+                            .clone()
+                            .run(rx, stop.clone(), self.grace, move || {
+                                readiness.consumer_bound()
+                            })
+                            .instrument(span),
+                    );
+                    self.running.insert(key, Running { live, stop, task });
+                }
+            }
+        }
+        while self.stopping.try_join_next().is_some() {}
+    }
+
+    /// Follows changes of the annotations file and of the cluster's delivery defaults until
+    /// shutdown, then waits for every subscription to drain.
+    pub async fn run(
+        mut self,
+        source: PodSource,
+        mut current: PodConfig,
+        mut cluster: watch::Receiver<Option<Defaults>>,
+    ) {
+        // A default file that does not exist (the sidecar run by hand, without the injector) is
+        // not watched; one named explicitly is.
+        let watched = source
+            .file
+            .as_ref()
+            .filter(|(path, explicit)| *explicit || Path::new(path).exists());
+        let (_watcher, mut changes) = match watched.map(|(p, _)| watch_file(p)) {
+            Some(Ok((w, rx))) => (Some(w), Some(rx)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch the annotations file; changes need a restart");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        loop {
+            tokio::select! {
+                Some(()) = recv(&mut changes) => {
+                    tokio::time::sleep(SETTLE).await;
+                    if let Some(rx) = changes.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                    let defaults = cluster.borrow().unwrap_or_default();
+                    current = self.reload(&source, current, &defaults);
+                }
+                Ok(()) = cluster.changed() => {
+                    let defaults = cluster.borrow_and_update().unwrap_or_default();
+                    current = self.reload(&source, current, &defaults);
+                }
+                _ = self.shutdown.wait() => break,
+            }
+        }
+        let all: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        for r in all {
+            self.retire(r);
+        }
+        while self.stopping.join_next().await.is_some() {}
+    }
+
+    /// Keeps a stopped subscription's task (and its settings channel, which it reads until it
+    /// ends) until its deliveries have finished.
+    fn retire(&mut self, r: Running) {
+        self.stopping.spawn(async move {
+            let _ = r.task.await;
+            drop(r.live);
+        });
+    }
+
+    fn reload(&mut self, source: &PodSource, current: PodConfig, cluster: &Defaults) -> PodConfig {
+        let result = match source.load_with(cluster) {
+            Ok(pod) if pod == current => ReloadResult::Unchanged,
+            Ok(pod) => {
+                if pod.app_id != current.app_id {
+                    tracing::warn!("herald.dev/app-id changed; it applies at the next restart");
+                }
+                self.apply(&pod);
+                tracing::info!(
+                    subscriptions = pod.subscriptions.len(),
+                    "configuration reloaded (annotations or cluster delivery defaults)"
+                );
+                self.count(ReloadResult::Applied);
+                return pod;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the annotations changed but are invalid; the running configuration stays");
+                ReloadResult::Rejected
+            }
+        };
+        self.count(result);
+        current
+    }
+
+    fn count(&self, result: ReloadResult) {
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herald_core::broker::Admin as _;
+    use herald_core::consumer::Subscriber;
+    use herald_core::contract::{self, APP_PORT, MAX_IN_FLIGHT, PUBLISH_ALLOW, SUBSCRIBE};
+    use herald_core::policy::StreamPolicy;
+    use herald_membroker::MemBroker;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::config::{RunMode, ServeArgs, ServeConfig};
+
+    const STREAM: &str = "HERALD";
+
+    fn who() -> Subscriber {
+        Subscriber {
+            namespace: "shop".into(),
+            app_id: "orders".into(),
+        }
+    }
+
+    struct Harness {
+        broker: MemBroker,
+        publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    }
+
+    async fn harness() -> (Harness, Subscriptions) {
+        let broker = MemBroker::new();
+        broker
+            .ensure_stream(&StreamPolicy::dev_events(STREAM))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+        let shared: Arc<dyn herald_core::broker::Broker> = Arc::new(broker.clone());
+        let deliverer = Deliverer::new(shared.clone(), STREAM, who(), metrics.clone());
+        let publish_allow = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let shutdown = Shutdown::new();
+        let subs = Subscriptions::new(
+            deliverer,
+            Readiness::new(shared, STREAM),
+            shutdown.clone(),
+            Duration::from_secs(1),
+            publish_allow.clone(),
+            metrics.clone(),
+        );
+        let h = Harness {
+            broker,
+            publish_allow,
+            metrics,
+            shutdown,
+        };
+        (h, subs)
+    }
+
+    fn pod(pairs: &[(&str, &str)]) -> PodConfig {
+        let annotations: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        contract::parse(&annotations).unwrap()
+    }
+
+    impl Harness {
+        /// The consumer of `filter`: its settings, and whether a pull request is open on it.
+        fn consumer(&self, filter: &str) -> Option<(usize, bool)> {
+            let name = who().consumer_name(&TypeFilter::parse(filter).unwrap());
+            let spec = self.broker.consumer_spec(STREAM, &name)?;
+            let state = self.broker.consumer_state(STREAM, &name)?;
+            Some((spec.max_ack_pending, state.waiting > 0))
+        }
+
+        fn reloads(&self, result: ReloadResult) -> u64 {
+            self.metrics
+                .config_reloads
+                .get_or_create(&ReloadLabels { result })
+                .get()
+        }
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscriptions_start_change_and_stop_with_the_configuration() {
+        let (h, mut subs) = harness().await;
+        subs.apply(&pod(&[
+            (APP_PORT, "8080"),
+            (SUBSCRIBE, "order.>,invoice.>"),
+            (MAX_IN_FLIGHT, "5"),
+        ]));
+        until("both consumers pulling", || {
+            h.consumer("order.>") == Some((5, true)) && h.consumer("invoice.>") == Some((5, true))
+        })
+        .await;
+
+        // One removed, the other changed, an allowlist set.
+        subs.apply(&pod(&[
+            (APP_PORT, "8080"),
+            (SUBSCRIBE, "order.>"),
+            (MAX_IN_FLIGHT, "7"),
+            (PUBLISH_ALLOW, "order.>"),
+        ]));
+        assert_eq!(h.publish_allow.load().len(), 1);
+        until("the changed consumer updated", || {
+            h.consumer("order.>") == Some((7, true))
+        })
+        .await;
+        // The removed one stops pulling; its consumer stays for the controller to collect.
+        until("the removed consumer idle", || {
+            h.consumer("invoice.>") == Some((5, false))
+        })
+        .await;
+        assert_eq!(subs.running.len(), 1);
+
+        // Nothing subscribed any more.
+        subs.apply(&pod(&[]));
+        assert!(subs.running.is_empty());
+        until("every consumer idle", || {
+            h.consumer("order.>") == Some((7, false))
+        })
+        .await;
+        h.shutdown.trigger();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cluster_defaults_reload_what_the_pod_does_not_set() {
+        let (h, mut subs) = harness().await;
+        let args = ServeArgs {
+            app_port: Some("8080".into()),
+            subscribe: Some("order.>".into()),
+            ..Default::default()
+        };
+        let env = std::collections::HashMap::<String, String>::new();
+        let source = ServeConfig::resolve(RunMode::Dev, &args, &env)
+            .unwrap()
+            .pod_source;
+        let initial = source.load_with(&Defaults::default()).unwrap();
+        let (tx, rx) = watch::channel(None);
+        subs.apply(&initial);
+        let running = tokio::spawn(subs.run(source, initial, rx));
+        until("bound with the built-in default", || {
+            h.consumer("order.>") == Some((Defaults::default().max_in_flight, true))
+        })
+        .await;
+
+        let tuned = Defaults {
+            max_in_flight: 3,
+            ..Defaults::default()
+        };
+        tx.send_replace(Some(tuned));
+        until("the new default applied", || {
+            h.consumer("order.>") == Some((3, true))
+        })
+        .await;
+        assert_eq!(h.reloads(ReloadResult::Applied), 1);
+        tx.send_replace(Some(tuned));
+        until("an unchanged reload counted", || {
+            h.reloads(ReloadResult::Unchanged) == 1
+        })
+        .await;
+
+        // Shutdown stops every subscription and waits for them.
+        h.shutdown.trigger();
+        running.await.unwrap();
+        assert_eq!(h.consumer("order.>"), Some((3, false)));
+    }
+}

@@ -1,0 +1,132 @@
+//! The sidecar's readiness, which `/readyz` of the admin API ([`herald_runtime::admin`]) reports:
+//! the broker connected, the events stream there, and every subscription's consumer bound; else
+//! `503` with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use herald_core::broker::{Broker, BrokerError};
+use herald_runtime::admin::{Ready, ReadyState};
+use herald_runtime::shutdown::Shutdown;
+
+/// Readiness, refreshed by [`Readiness::monitor`] and read by `/readyz`.
+pub struct Readiness {
+    state: ArcSwap<ReadyState>,
+    /// Subscriptions whose consumer is not bound yet.
+    unbound: std::sync::atomic::AtomicUsize,
+    broker: Arc<dyn Broker>,
+    stream: String,
+}
+
+impl Readiness {
+    pub fn new(broker: Arc<dyn Broker>, stream: &str) -> Arc<Self> {
+        Arc::new(Readiness {
+            state: ArcSwap::from_pointee(ReadyState {
+                ready: false,
+                reason: "starting".into(),
+            }),
+            unbound: std::sync::atomic::AtomicUsize::new(0),
+            broker,
+            stream: stream.to_owned(),
+        })
+    }
+
+    pub fn current(&self) -> ReadyState {
+        // The connection state is read live: a lost connection must not wait for the next poll.
+        if !self.broker.is_connected() {
+            return ReadyState {
+                ready: false,
+                reason: "NATS is not connected".into(),
+            };
+        }
+        let unbound = self.unbound.load(std::sync::atomic::Ordering::Relaxed);
+        let state = self.state.load();
+        if state.ready && unbound > 0 {
+            return ReadyState {
+                ready: false,
+                reason: format!("binding {unbound} subscription consumer(s)"),
+            };
+        }
+        state.as_ref().clone()
+    }
+
+    /// Readiness waits for this many more consumers to be bound.
+    pub fn expect_consumers(&self, n: usize) {
+        self.unbound
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One expected consumer is bound.
+    pub fn consumer_bound(&self) {
+        self.unbound
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn probe(&self) -> ReadyState {
+        if !self.broker.is_connected() {
+            return ReadyState {
+                ready: false,
+                reason: "NATS is not connected".into(),
+            };
+        }
+        match self.broker.stream(&self.stream).await {
+            Ok(_) => ReadyState {
+                ready: true,
+                reason: "ready".into(),
+            },
+            Err(BrokerError::NoStream(_)) => ReadyState {
+                ready: false,
+                reason: format!(
+                    "stream `{}` does not exist (herald's controller, or `herald dev`, creates it)",
+                    self.stream
+                ),
+            },
+            Err(e) => ReadyState {
+                ready: false,
+                reason: format!("cannot check stream `{}`: {e}", self.stream),
+            },
+        }
+    }
+
+    /// Re-checks every second (every 250 ms while not ready) and logs each change.
+    pub async fn monitor(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            let next = self.probe().await;
+            let prev = self.state.load();
+            if **prev != next {
+                if next.ready {
+                    tracing::info!("ready");
+                } else {
+                    tracing::warn!(reason = %next.reason, "not ready");
+                }
+                self.state.store(Arc::new(next.clone()));
+            }
+            let wait = if next.ready {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => {
+                    self.state.store(Arc::new(ReadyState { ready: false, reason: "shutting down".into() }));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Resolves once ready (or never, if it never gets there).
+    pub async fn wait_ready(&self) {
+        while !self.current().ready {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Ready for Readiness {
+    fn current(&self) -> ReadyState {
+        Readiness::current(self)
+    }
+}
