@@ -198,15 +198,48 @@ pub fn request(
     attempt: u32,
 ) -> Result<http::Request<Bytes>, http::Error> {
     let sub = &target.sub;
-    let mut req = http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path));
+    // Built straight into the header map: one parse per copied header and no intermediate
+    // strings (this runs for every delivery).
+    let mut map = http::HeaderMap::with_capacity(16);
+    let mut failed: Option<http::Error> = None;
+    headers.each(&mut |name, value| {
+        if failed.is_some() {
+            return;
+        }
+        let wanted = match sub.mode {
+            DeliveryMode::Binary => {
+                name.len() >= 3 && name.as_bytes()[..3].eq_ignore_ascii_case(b"ce-")
+                    || name.eq_ignore_ascii_case("content-type")
+            }
+            DeliveryMode::Structured => false,
+        } || name.eq_ignore_ascii_case("traceparent")
+            || name.eq_ignore_ascii_case("tracestate");
+        if !wanted {
+            return;
+        }
+        // `HeaderName` stores names lower case, as HTTP/1.1 sends them.
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                map.append(n, v);
+            }
+            (Err(e), _) => failed = Some(e.into()),
+            (_, Err(e)) => failed = Some(e.into()),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let body = match sub.mode {
         DeliveryMode::Binary => payload.clone(),
         DeliveryMode::Structured => {
             let mut pairs = Vec::new();
             headers.each(&mut |n, v| pairs.push((n.to_owned(), v.to_owned())));
-            req = req.header(
+            map.insert(
                 http::header::CONTENT_TYPE,
-                "application/cloudevents+json; charset=utf-8",
+                HeaderValue::from_static("application/cloudevents+json; charset=utf-8"),
             );
             Bytes::from(crate::event::to_structured(
                 pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -214,21 +247,11 @@ pub fn request(
             ))
         }
     };
-    let mut copied = Vec::new();
-    headers.each(&mut |name, value| {
-        let lower = name.to_ascii_lowercase();
-        let wanted = match sub.mode {
-            DeliveryMode::Binary => lower.starts_with("ce-") || lower == "content-type",
-            DeliveryMode::Structured => false,
-        };
-        if wanted || matches!(lower.as_str(), "traceparent" | "tracestate") {
-            copied.push((lower, value.to_owned()));
-        }
-    });
-    for (name, value) in copied {
-        req = req.header(name, value);
-    }
-    req.header(ATTEMPT_HEADER, attempt).body(body)
+    map.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+    let mut req = http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path))
+        .body(body)?;
+    *req.headers_mut() = map;
+    Ok(req)
 }
 
 #[cfg(test)]
