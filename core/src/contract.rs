@@ -23,6 +23,8 @@ pub const PUBLISH_ALLOW: &str = "herald.dev/publish-allow";
 pub const SUBSCRIPTIONS: &str = "herald.dev/subscriptions";
 /// A CESQL condition every event must meet to be delivered, for every subscription of the pod.
 pub const FILTER: &str = "herald.dev/filter";
+/// How long the publish API stays up after SIGTERM while the app may still publish.
+pub const SHUTDOWN_WINDOW: &str = "herald.dev/shutdown-window";
 
 const KNOWN: &[&str] = &[
     INJECT,
@@ -34,6 +36,7 @@ const KNOWN: &[&str] = &[
     PUBLISH_ALLOW,
     SUBSCRIPTIONS,
     FILTER,
+    SHUTDOWN_WINDOW,
 ];
 
 /// Deliveries in flight per subscription, across replicas, unless `herald.dev/max-in-flight` says.
@@ -147,6 +150,8 @@ pub struct PodConfig {
     pub app_port: Option<u16>,
     pub subscriptions: Vec<Subscription>,
     pub publish_allow: Vec<TypeFilter>,
+    /// `herald.dev/shutdown-window`, when set.
+    pub shutdown_window: Option<Duration>,
 }
 
 /// Validates annotations (only `herald.dev/*` keys are looked at), over the built-in defaults.
@@ -251,6 +256,15 @@ pub fn parse_with(
             vec![]
         }),
     };
+    let shutdown_window = get(SHUTDOWN_WINDOW).and_then(|v| {
+        match crate::settings::in_range(limits::SHUTDOWN_WINDOW)(v) {
+            Ok(d) => Some(d),
+            Err(rule) => {
+                err(SHUTDOWN_WINDOW, format!("{rule}, not {v:?}"));
+                None
+            }
+        }
+    });
     let pod_filter = get(FILTER).and_then(|v| match attrfilter::compile_sql(v) {
         Ok(e) => Some(AttrFilter::Sql(e)),
         Err(rule) => {
@@ -327,6 +341,7 @@ pub fn parse_with(
         app_port,
         subscriptions,
         publish_allow,
+        shutdown_window,
     })
 }
 
@@ -676,6 +691,20 @@ mod tests {
         assert_eq!(e.0[0].key, APP_PORT);
         let e = parse(&map(&[(APP_PORT, "80"), (SUBSCRIBE, "a.b, a.b")])).unwrap_err();
         assert_eq!(e.0[0].key, SUBSCRIBE);
+    }
+
+    #[test]
+    fn shutdown_window_is_a_bounded_duration() {
+        let c = parse(&map(&[(SHUTDOWN_WINDOW, "20s")])).unwrap();
+        assert_eq!(c.shutdown_window, Some(Duration::from_secs(20)));
+        assert_eq!(parse(&map(&[])).unwrap().shutdown_window, None);
+        let zero = parse(&map(&[(SHUTDOWN_WINDOW, "0s")])).unwrap();
+        assert_eq!(zero.shutdown_window, Some(Duration::ZERO));
+        for bad in ["2h", "soon", "-1s", ""] {
+            let e = parse(&map(&[(SHUTDOWN_WINDOW, bad)])).unwrap_err();
+            assert_eq!(e.0[0].key, SHUTDOWN_WINDOW, "{bad:?}: {e}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]

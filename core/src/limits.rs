@@ -122,6 +122,10 @@ pub const PUBLISH_TIMEOUT: DurationRange =
 /// `--shutdown-grace`.
 pub const SHUTDOWN_GRACE: DurationRange =
     DurationRange::new(Duration::ZERO, Duration::from_secs(3600));
+/// `herald.dev/shutdown-window`, `--shutdown-window`: how long the publish API stays up after
+/// SIGTERM while the app may still publish (bounded again by `--shutdown-grace` at run time).
+pub const SHUTDOWN_WINDOW: DurationRange =
+    DurationRange::new(Duration::ZERO, Duration::from_secs(3600));
 /// `herald wait --timeout`.
 pub const WAIT_TIMEOUT: DurationRange =
     DurationRange::new(Duration::from_millis(1), Duration::from_secs(24 * 3600));

@@ -10,6 +10,9 @@ use herald_core::broker::{Broker, BrokerError};
 use herald_runtime::admin::{Ready, ReadyState};
 use herald_runtime::shutdown::Shutdown;
 
+/// How long a starting sidecar may be not ready before that is a warning.
+const STARTUP_QUIET: Duration = Duration::from_secs(10);
+
 /// Readiness, refreshed by [`Readiness::monitor`] and read by `/readyz`.
 pub struct Readiness {
     state: ArcSwap<ReadyState>,
@@ -89,23 +92,42 @@ impl Readiness {
         }
     }
 
-    /// Re-checks every second (every 250 ms while not ready) and logs each change.
+    /// Re-checks every second (while not ready: every 25 ms during start-up, then every 250 ms)
+    /// and logs each change. A sidecar that is not ready yet while it starts is normal (NATS
+    /// answers within milliseconds) and logged at debug level; it becomes a warning when it lasts
+    /// [`STARTUP_QUIET`], and any later loss of readiness is one at once.
     pub async fn monitor(self: Arc<Self>, shutdown: Shutdown) {
+        let started = std::time::Instant::now();
+        let mut been_ready = false;
+        let mut warned = false;
         loop {
             let next = self.probe().await;
-            let prev = self.state.load();
-            if **prev != next {
-                if next.ready {
-                    tracing::info!("ready");
-                } else {
-                    tracing::warn!(reason = %next.reason, "not ready");
-                }
+            let changed = **self.state.load() != next;
+            if changed {
                 self.state.store(Arc::new(next.clone()));
             }
-            let wait = if next.ready {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(250)
+            let starting = !been_ready && started.elapsed() < STARTUP_QUIET;
+            if next.ready {
+                if changed && !been_ready {
+                    tracing::info!(after = ?started.elapsed(), "ready");
+                } else if changed {
+                    tracing::info!("ready");
+                }
+                been_ready = true;
+            } else if starting {
+                if changed {
+                    tracing::debug!(reason = %next.reason, "not ready yet");
+                }
+            } else if been_ready && changed {
+                tracing::warn!(reason = %next.reason, "not ready");
+            } else if changed || !warned {
+                tracing::warn!(reason = %next.reason, after = ?started.elapsed(), "still not ready");
+                warned = true;
+            }
+            let wait = match (next.ready, starting) {
+                (true, _) => Duration::from_secs(1),
+                (false, true) => Duration::from_millis(25),
+                (false, false) => Duration::from_millis(250),
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

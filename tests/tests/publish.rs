@@ -833,3 +833,104 @@ async fn a_body_in_many_chunks_is_stored_whole() {
     let msgs = stored(&js, "HERALD").await;
     assert_eq!(&msgs[0].payload[..], br#"{"b":[1,2,3],"a":"x"}"#);
 }
+
+/// Kubernetes 1.28 sends SIGTERM to the app and its native sidecar at once: the app's shutdown
+/// handler may still publish. The sidecar drains (not ready, no new deliveries) but answers
+/// publishes for the shutdown window, until the app says it is done (`POST /shutdown`).
+#[tokio::test]
+async fn publishes_after_sigterm_are_taken_during_the_shutdown_window() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let sink = herald_tests::sink::Sink::start().await;
+    let _subscriber =
+        herald_tests::subscriber(&nats, "audit", &sink, &["--subscribe", "farewell.v1"]).await;
+    let mut h = Herald::sidecar(
+        &nats,
+        &["--shutdown-window", "30s", "--shutdown-grace", "60s"],
+    )
+    .await;
+    h.wait_ready().await;
+    h.sigterm();
+    h.wait_for("/readyz", 503).await;
+    // The app's SIGTERM handler publishes: taken, stored, delivered.
+    herald_tests::publish(&h, "farewell-1", "farewell.v1").await;
+    let got = sink.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("ce-id"), Some("farewell-1"));
+    // The app is done: the publish API closes and the sidecar exits, long before the window.
+    let r = client()
+        .post(format!("{}/shutdown", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "POST /shutdown: {}", r.status());
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let s = h.wait_exit(Duration::from_secs(15));
+        (s, h.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}; log:\n{log}"
+    );
+    assert!(
+        log.contains("closing the publish API: the app asked for the shutdown"),
+        "{log}"
+    );
+}
+
+/// The window ends by itself; a window of 0 closes the publish API with the drain.
+#[tokio::test]
+async fn the_shutdown_window_elapses_and_zero_means_none() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let mut timed = Herald::sidecar(&nats, &["--shutdown-window", "1s"]).await;
+    let mut none = Herald::sidecar(&nats, &["--shutdown-window", "0s"]).await;
+    timed.wait_ready().await;
+    none.wait_ready().await;
+    timed.sigterm();
+    none.sigterm();
+    timed.wait_for("/readyz", 503).await;
+    herald_tests::publish(&timed, "late-1", "late.v1").await;
+    let (timed_exit, timed_log, none_exit, none_log) = tokio::task::spawn_blocking(move || {
+        let a = timed.wait_exit(Duration::from_secs(15));
+        let b = none.wait_exit(Duration::from_secs(15));
+        (a, timed.log_text(), b, none.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(timed_exit.is_some_and(|s| s.success()), "{timed_log}");
+    assert!(
+        timed_log.contains("closing the publish API: the shutdown window has passed"),
+        "{timed_log}"
+    );
+    assert!(none_exit.is_some_and(|s| s.success()), "{none_log}");
+    assert!(
+        !none_log.contains("the publish API stays up"),
+        "no window with --shutdown-window 0s:\n{none_log}"
+    );
+    let js = nats.jetstream().await;
+    assert!(
+        stored(&js, "HERALD")
+            .await
+            .iter()
+            .any(|m| header(m, "ce-id") == Some("late-1")),
+        "the event published in the window is stored"
+    );
+}
+
+/// A sidecar is not ready for the few milliseconds before NATS answers: that is how every start
+/// goes, and is logged at debug level, not as a warning.
+#[tokio::test]
+async fn an_ordinary_start_warns_of_nothing() {
+    let nats = Nats::start();
+    nats.create_streams().await;
+    let h = Herald::sidecar(&nats, &[]).await;
+    h.wait_ready().await;
+    let log = h.log_text();
+    assert!(log.contains("ready"), "{log}");
+    assert!(
+        !log.contains(" WARN "),
+        "a warning in an ordinary start:\n{log}"
+    );
+}

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,6 +34,43 @@ use crate::deliver::Deliverer;
 use crate::metrics::{Metrics, ReloadLabels, ReloadResult};
 use crate::readiness::Readiness;
 
+/// What the rest of the sidecar reads of the live configuration, swapped on every reload: the
+/// publish allowlist (the publish API) and the shutdown window (the process wiring).
+#[derive(Clone)]
+pub struct Shared {
+    pub publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+    /// `herald.dev/shutdown-window` in milliseconds; `u64::MAX` while not set.
+    shutdown_window: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub fn new(pod: &PodConfig) -> Self {
+        let shared = Shared {
+            publish_allow: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            shutdown_window: Arc::new(AtomicU64::new(u64::MAX)),
+        };
+        shared.set(pod);
+        shared
+    }
+
+    fn set(&self, pod: &PodConfig) {
+        self.publish_allow
+            .store(Arc::new(pod.publish_allow.clone()));
+        let ms = pod.shutdown_window.map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1)
+        });
+        self.shutdown_window.store(ms, Ordering::Relaxed);
+    }
+
+    /// `herald.dev/shutdown-window` as currently configured.
+    pub fn shutdown_window(&self) -> Option<Duration> {
+        match self.shutdown_window.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
 struct Running {
     live: watch::Sender<Arc<Target>>,
     stop: Shutdown,
@@ -45,7 +83,7 @@ pub struct Subscriptions {
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
     grace: Duration,
-    publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+    shared: Shared,
     metrics: Arc<Metrics>,
     running: HashMap<String, Running>,
     /// Removed subscriptions still finishing their deliveries.
@@ -58,7 +96,7 @@ impl Subscriptions {
         readiness: Arc<Readiness>,
         shutdown: Shutdown,
         grace: Duration,
-        publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+        shared: Shared,
         metrics: Arc<Metrics>,
     ) -> Self {
         Subscriptions {
@@ -66,7 +104,7 @@ impl Subscriptions {
             readiness,
             shutdown,
             grace,
-            publish_allow,
+            shared,
             metrics,
             running: HashMap::new(),
             stopping: JoinSet::new(),
@@ -75,8 +113,7 @@ impl Subscriptions {
 
     /// Makes the running subscriptions match `pod`.
     pub fn apply(&mut self, pod: &PodConfig) {
-        self.publish_allow
-            .store(Arc::new(pod.publish_allow.clone()));
+        self.shared.set(pod);
         let wanted: HashMap<String, Target> = match pod.app_port {
             Some(app_port) => pod
                 .subscriptions
@@ -259,7 +296,7 @@ mod tests {
 
     struct Harness {
         broker: MemBroker,
-        publish_allow: Arc<ArcSwap<Vec<TypeFilter>>>,
+        shared: Shared,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     }
@@ -271,21 +308,21 @@ mod tests {
             .await
             .unwrap();
         let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-        let shared: Arc<dyn herald_core::broker::Broker> = Arc::new(broker.clone());
-        let deliverer = Deliverer::new(shared.clone(), STREAM, who(), metrics.clone());
-        let publish_allow = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let dyn_broker: Arc<dyn herald_core::broker::Broker> = Arc::new(broker.clone());
+        let deliverer = Deliverer::new(dyn_broker.clone(), STREAM, who(), metrics.clone());
+        let shared = Shared::new(&PodConfig::default());
         let shutdown = Shutdown::new();
         let subs = Subscriptions::new(
             deliverer,
-            Readiness::new(shared, STREAM),
+            Readiness::new(dyn_broker, STREAM),
             shutdown.clone(),
             Duration::from_secs(1),
-            publish_allow.clone(),
+            shared.clone(),
             metrics.clone(),
         );
         let h = Harness {
             broker,
-            publish_allow,
+            shared,
             metrics,
             shutdown,
         };
@@ -347,8 +384,10 @@ mod tests {
             (SUBSCRIBE, "order.>"),
             (MAX_IN_FLIGHT, "7"),
             (PUBLISH_ALLOW, "order.>"),
+            (contract::SHUTDOWN_WINDOW, "3s"),
         ]));
-        assert_eq!(h.publish_allow.load().len(), 1);
+        assert_eq!(h.shared.publish_allow.load().len(), 1);
+        assert_eq!(h.shared.shutdown_window(), Some(Duration::from_secs(3)));
         until("the changed consumer updated", || {
             h.consumer("order.>") == Some((7, true))
         })

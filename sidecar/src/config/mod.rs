@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// Time to finish in-flight work after SIGTERM [default: 20s]
     #[arg(long)]
     pub shutdown_grace: Option<String>,
+    /// After SIGTERM, how long the publish API stays up while the app may still publish; it ends
+    /// early once nothing else in the pod holds a socket (herald.dev/shutdown-window)
+    /// [default: 10s in sidecar, 0 in dev]
+    #[arg(long)]
+    pub shutdown_window: Option<String>,
     /// Time a client has to send a request head; also how long a keep-alive connection may
     /// idle (both listeners) [default: 30s]
     #[arg(long)]
@@ -316,6 +321,11 @@ impl PodSource {
                 "publish-allow",
                 subscribe::PUBLISH_ALLOW,
                 &args.publish_allow,
+            ),
+            (
+                "shutdown-window",
+                subscribe::SHUTDOWN_WINDOW,
+                &args.shutdown_window,
             ),
         ] {
             if let Some((value, origin)) = r.raw(flag, cli) {

@@ -22,13 +22,15 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
-use crate::config::live::Subscriptions;
+use crate::config::live::{Shared, Subscriptions};
 use crate::config::{self, ConfigError, RunMode, ServeConfig};
 use crate::deliver::Deliverer;
 use crate::metrics::{self, ConnectionLabels, Metrics};
 use crate::publish::buffer::AsyncBuffer;
 use crate::publish::{Api, ApiConfig};
 use crate::readiness::Readiness;
+
+pub mod window;
 
 /// How long a starting sidecar waits for the cluster's delivery defaults.
 const DEFAULTS_WAIT: Duration = Duration::from_secs(2);
@@ -71,6 +73,82 @@ impl From<herald_bench::BenchError> for AppError {
             herald_bench::BenchError::Runtime(r) => AppError::Runtime(r),
         }
     }
+}
+
+/// The shutdown window of a sidecar whose annotations and flags do not set one.
+pub const DEFAULT_SHUTDOWN_WINDOW: Duration = Duration::from_secs(10);
+/// The least time publishes in flight get once the publish API closes: a JetStream ack within
+/// the default publish timeout. The window is cut short to leave it within the grace period.
+const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
+
+/// The stop signals of a serving sidecar.
+struct Stops {
+    signals: Shutdown,
+    app_done: Shutdown,
+    shutdown: Shutdown,
+    publish_stop: Shutdown,
+}
+
+/// From a signal or `POST /shutdown` to the drain and the closing of the publish API.
+///
+/// - `herald run`: a signal goes to the app first (`run_app`), which may still publish while it
+///   stops; the drain and the publish API follow its exit. `POST /shutdown` stops the app too.
+/// - `herald dev`: everything stops at once.
+/// - `herald sidecar`: the drain begins at once; the publish API stays up for the shutdown
+///   window, which ends early when the app is gone or says it is done ([`window`]).
+async fn stop_sequence(
+    stops: Stops,
+    mode: RunMode,
+    with_app: bool,
+    shared: Shared,
+    grace: Duration,
+) {
+    let Stops {
+        signals,
+        app_done,
+        shutdown,
+        publish_stop,
+    } = stops;
+    if with_app {
+        // `run_app` turns a signal into the app's SIGTERM and triggers `shutdown` once the app
+        // has exited.
+        tokio::select! {
+            _ = app_done.wait() => shutdown.trigger(),
+            _ = shutdown.wait() => {}
+        }
+        shutdown.wait().await;
+        publish_stop.trigger();
+        return;
+    }
+    let by_signal = tokio::select! {
+        _ = signals.wait() => true,
+        _ = app_done.wait() => false,
+    };
+    shutdown.trigger();
+    let configured = shared.shutdown_window().unwrap_or(match mode {
+        RunMode::Sidecar => DEFAULT_SHUTDOWN_WINDOW,
+        RunMode::Dev => Duration::ZERO,
+    });
+    let limit = grace.saturating_sub(grace.min(PUBLISH_DRAIN));
+    let window = configured.min(limit);
+    if by_signal && !window.is_zero() {
+        if window < configured {
+            tracing::warn!(
+                ?configured,
+                ?window,
+                ?grace,
+                "the shutdown window is cut to leave time for publishes in flight within --shutdown-grace"
+            );
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(
+            ?window,
+            "draining; the publish API stays up until the app is gone"
+        );
+        let end = window::wait(window, &app_done).await;
+        tracing::info!(after = ?started.elapsed(), "closing the publish API: {}", end.describe());
+    }
+    publish_stop.trigger();
 }
 
 /// `herald sidecar`, `dev` and `run`: serve until SIGTERM, SIGINT or `POST /shutdown` (or, with
@@ -165,36 +243,51 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         None => None,
     };
 
+    // The drain (deliveries stop, readiness turns 503, the async buffer flushes) begins at
+    // `shutdown`; the publish API closes at `publish_stop`, which may come later (the window).
     let shutdown = Shutdown::new();
-    // With an app, a signal stops the app first (it may still publish while it stops); the
-    // sidecar drains once the app is gone.
-    let signals = if app.is_some() {
-        Shutdown::new()
-    } else {
-        shutdown.clone()
-    };
+    let publish_stop = Shutdown::new();
+    // SIGTERM and SIGINT; `POST /shutdown` is the app saying it is done.
+    let signals = Shutdown::new();
+    let app_done = Shutdown::new();
     signals
         .listen_for_signals()
         .map_err(|e| AppError::Runtime(format!("cannot watch signals: {e}")))?;
+    let shared = Shared::new(&cfg.pod);
+    let grace = cfg.shutdown_grace;
+    tokio::spawn(
+        stop_sequence(
+            Stops {
+                signals: signals.clone(),
+                app_done: app_done.clone(),
+                shutdown: shutdown.clone(),
+                publish_stop: publish_stop.clone(),
+            },
+            cfg.mode,
+            app.is_some(),
+            shared.clone(),
+            grace,
+        )
+        .instrument(tracing::info_span!("shutdown")),
+    );
     let (buffer, drainer) = AsyncBuffer::start(
         broker.clone(),
         cfg.async_buffer,
         cfg.async_buffer_bytes,
         metrics.clone(),
     );
-    let publish_allow = Arc::new(arc_swap::ArcSwap::from_pointee(cfg.publish_allow.clone()));
     let api_cfg = ApiConfig {
         app_id: cfg.app_id.clone(),
         max_body_bytes: cfg.max_body_bytes,
         body_read_timeout: cfg.listeners.body_read_timeout,
-        publish_allow: publish_allow.clone(),
+        publish_allow: shared.publish_allow.clone(),
     };
     let api = Arc::new(Api::new(
         api_cfg,
         broker.clone(),
         buffer,
         metrics.clone(),
-        shutdown.clone(),
+        app_done.clone(),
     ));
     let readiness = Readiness::new(broker.clone(), &cfg.stream);
     tokio::spawn(
@@ -217,7 +310,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         readiness.clone(),
         shutdown.clone(),
         cfg.shutdown_grace,
-        publish_allow,
+        shared,
         metrics.clone(),
     );
     // The cluster's delivery defaults: waited for briefly, so a sidecar starts with them rather
@@ -267,7 +360,6 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         "herald {} serving", if cfg.mode == RunMode::Dev { "dev" } else { "sidecar" }
     );
 
-    let grace = cfg.shutdown_grace;
     let app_task = app.map(|command| {
         tokio::spawn(
             run_app(
@@ -281,11 +373,13 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
             .instrument(tracing::info_span!("app")),
         )
     });
+    // What is in flight when the publish API closes gets what the window left of the grace
+    // period: at least PUBLISH_DRAIN (the window is bounded so).
     http_server::serve(
         server(Listener::Publish, cfg.listeners.max_connections),
         listener,
-        shutdown.clone(),
-        grace,
+        publish_stop,
+        grace.min(PUBLISH_DRAIN),
         move |peer, req| api.clone().handle(peer, req),
     )
     .await;
