@@ -6,7 +6,7 @@
 //! resolve with the injector's own configuration parser.
 //!
 //! helm comes from `HERALD_TEST_HELM`, else `target/tools/helm`, else PATH; `scripts/test`
-//! installs it (scripts/install-helm).
+//! installs it (scripts/install-tools).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn helm() -> PathBuf {
     let on_path = Command::new("helm").arg("version").output();
     assert!(
         on_path.is_ok_and(|o| o.status.success()),
-        "helm is missing: run scripts/install-helm (or set HERALD_TEST_HELM)"
+        "helm is missing: run scripts/install-tools (or set HERALD_TEST_HELM)"
     );
     "helm".into()
 }

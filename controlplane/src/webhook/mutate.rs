@@ -410,12 +410,10 @@ fn sidecar(app_id: &AppId, cfg: &InjectorConfig) -> Container {
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // Liveness and startup only need the process to serve; readiness also needs NATS and the
-        // stream, which must not hold the app back from starting (it gets 503s until then).
-        startup_probe: Some(Probe {
-            period_seconds: Some(1),
-            ..probe("/healthz", 30)
-        }),
+        // Liveness only needs the process to serve; readiness also needs NATS and the stream,
+        // which must not hold the app back from starting (it gets 503s until then). No startup
+        // probe: the postStart hook below holds the next container back until the sidecar
+        // serves, to the millisecond, where a probe would add up to its period.
         liveness_probe: Some(probe("/healthz", 3)),
         readiness_probe: Some(probe("/readyz", 3)),
         resources: Some(cfg.resources.clone()),
@@ -437,10 +435,13 @@ fn sidecar(app_id: &AppId, cfg: &InjectorConfig) -> Container {
         }),
         volume_mounts: Some(mounts),
         restart_policy: cfg.native_sidecar.then(|| "Always".to_owned()),
-        // A plain container has no startup ordering of its own: the kubelet starts containers in
-        // order and waits for each postStart hook, so this hook holds the app back until the
-        // sidecar serves, as a native sidecar's startup probe does.
-        lifecycle: (!cfg.native_sidecar).then(|| Lifecycle {
+        // The kubelet starts containers in order and does not start the next one (the app, or
+        // the next init container) until this one's postStart hook has returned, for a native
+        // sidecar and a plain container alike: `herald wait` returns as soon as the sidecar
+        // serves (it polls /healthz every 20 ms), so the app starts with its publish API up.
+        // A native sidecar also waits for the kubelet's next look at the pod's containers (its
+        // 1 s relist) before the app starts; a plain container does not (docs/BENCHMARKS.md).
+        lifecycle: Some(Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
                     command: Some(vec![
