@@ -42,6 +42,7 @@ struct State {
 
 pub struct Sink {
     pub port: u16,
+    ip: std::net::IpAddr,
     state: Arc<State>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -50,12 +51,16 @@ impl Sink {
     /// Starts on a port the kernel picks (binding port 0 leaves no window for another process
     /// to take it first).
     pub async fn start() -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind the sink");
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`Sink::start`] on `ip` (where pods of a test cluster reach the host, say).
+    pub async fn start_on(ip: std::net::IpAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind the sink");
         let port = listener.local_addr().expect("sink address").port();
         let mut s = Sink {
             port,
+            ip,
             state: Arc::default(),
             server: None,
         };
@@ -65,7 +70,7 @@ impl Sink {
 
     /// Listens again on the sink's port (after [`Sink::down`]).
     pub async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
+        let listener = TcpListener::bind((self.ip, self.port))
             .await
             .expect("bind the sink port");
         self.serve(listener);
