@@ -155,15 +155,15 @@ impl Settings {
 }
 
 /// The app: answers 204, counts deliveries and records end-to-end latency.
-struct App {
+pub(crate) struct App {
     addr: SocketAddr,
-    received: AtomicU64,
+    received: Arc<AtomicU64>,
     epoch: Instant,
-    latency: Mutex<Histogram<u64>>,
+    pub(crate) latency: Mutex<Histogram<u64>>,
 }
 
 impl App {
-    async fn start(epoch: Instant) -> Result<Arc<App>, BenchError> {
+    pub(crate) async fn start(epoch: Instant) -> Result<Arc<App>, BenchError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| BenchError::Runtime(format!("cannot start the bench app: {e}")))?;
@@ -172,7 +172,7 @@ impl App {
             .map_err(|e| BenchError::Runtime(e.to_string()))?;
         let app = Arc::new(App {
             addr,
-            received: AtomicU64::new(0),
+            received: Arc::new(AtomicU64::new(0)),
             epoch,
             latency: Mutex::new(new_hist()),
         });
@@ -217,14 +217,19 @@ impl App {
         resp
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// The delivery counter, for a progress reporter that outlives a borrow.
+    pub(crate) fn received_counter(&self) -> Arc<AtomicU64> {
+        self.received.clone()
     }
 }
 
 /// CPU time (user + system) of a process so far. Linux reports it in clock ticks of 1/100 s
 /// (USER_HZ), so runs are long enough for that to be a small error.
-fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -498,7 +503,7 @@ async fn raw_consume(
 }
 
 /// Starts `herald sidecar` subscribed from an annotations file (YAML form).
-async fn start_sidecar(
+pub(crate) async fn start_sidecar(
     url: &str,
     app: &App,
     app_id: &str,
@@ -513,7 +518,12 @@ async fn start_sidecar(
     );
     std::fs::write(&file, text).map_err(|e| BenchError::Runtime(e.to_string()))?;
     let (listen, admin) = (free_addr()?, free_addr()?);
-    let exe = std::env::current_exe().map_err(|e| BenchError::Runtime(e.to_string()))?;
+    // HERALD_BENCH_SIDECAR_BIN: another build's sidecar (a before-and-after comparison in one
+    // harness); by default this very binary.
+    let exe = match std::env::var_os("HERALD_BENCH_SIDECAR_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => std::env::current_exe().map_err(|e| BenchError::Runtime(e.to_string()))?,
+    };
     let child = std::process::Command::new(exe)
         .args(["sidecar", "--app-id", app_id, "--namespace", "bench"])
         .args(["--nats-url", url, "--stream", STREAM])

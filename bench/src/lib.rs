@@ -1,6 +1,6 @@
 //! `herald bench`: measurements of the `herald` binary against raw async-nats in the same run.
-//! `herald bench publish` (here), `herald bench deliver` ([`deliver`]) and
-//! `herald bench slow-clients` ([`slow`]). Tooling, not production code: the sidecar library does
+//! `herald bench publish` (here), `herald bench deliver` ([`deliver`]), `herald bench fanout`
+//! ([`fanout`]) and `herald bench slow-clients` ([`slow`]). Tooling, not production code: the sidecar library does
 //! not depend on it; the `herald` binary links it for the subcommand.
 //!
 //! `herald bench publish`: one run that measures publishing through the sidecar and directly with
@@ -32,6 +32,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 pub mod deliver;
+pub mod fanout;
 pub mod slow;
 
 /// Why a benchmark could not run.

@@ -127,14 +127,18 @@ pub trait Leased: Send + Sync {
 /// A subscription's consumer, from which events are leased a request at a time.
 pub trait Lease: Send {
     /// Asks for up to `max` events, waiting at most `wait` for them. They arrive through
-    /// [`Lease::next`] until the request ends; a request, once sent, cannot be taken back, so it
-    /// must be read to its end (late events are handed back with [`Settle::Nak`]).
+    /// [`Lease::next`] until the request ends (filled, expired, lost or cancelled); events that
+    /// arrive after the subscriber stopped wanting them are handed back with [`Settle::Nak`].
     fn request(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// The next event of the open request; `None` once it ended (filled, expired or failed), and
     /// at once when no request is open.
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Box<dyn Leased>, BrokerError>>>;
     /// Whether a request is open.
     fn is_open(&self) -> bool;
+    /// Ends the open request early: the broker sends nothing more to it, and what it had sent
+    /// already still arrives through [`Lease::next`], which then returns `None`. So a stopping
+    /// subscriber can hand every leased event back instead of stranding it until the ack wait.
+    fn cancel(&mut self) -> BoxFuture<'_, ()>;
     /// Updates the consumer to `spec` (a reload changed the subscription's settings); an open
     /// request stays open and is read to its end as before.
     fn update(&mut self, spec: &ConsumerSpec) -> BoxFuture<'_, Result<(), BrokerError>>;

@@ -1,16 +1,26 @@
 //! Durable pull consumers, and leasing their events a pull request at a time: herald asks for as
 //! many events as it has free slots, so nothing waits in a local buffer that a crash would strand.
-//! A pull request cannot be cancelled once sent, so the engine reads each to its end.
+//!
+//! Each pull request has an inbox of its own, so it can be ended early: draining that
+//! subscription (UNSUB, then a PING) makes the server drop the request (it sends nothing to a
+//! request nobody listens to) while every event it had already sent still arrives, up to the PONG.
+//! That is what lets idle requests be long (one request a minute per idle subscription) and a
+//! stopping sidecar end them at once without stranding an event. The server's idle heartbeats
+//! show that a long request is still alive: two missed ones end it (the server restarted, or the
+//! request was lost), and the engine asks again.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message, consumer};
+use async_nats::{StatusCode, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use herald_core::broker::{BoxFuture, BrokerError, Consumers, Lease, LeaseInfo, Leased, Settle};
 use herald_core::consumer::ConsumerSpec;
 use herald_core::contract::StartPosition;
 use herald_core::wire::HeaderView;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::time::Instant;
 
 use crate::JetStream;
 
@@ -68,6 +78,8 @@ impl Consumers for JetStream {
             let s = self.get_stream(&stream).await?;
             let consumer = ensure(&s, &spec).await?;
             Ok(Box::new(JsLease {
+                client: self.client.clone(),
+                context: self.js.clone(),
                 stream: s,
                 consumer,
                 open: None,
@@ -77,49 +89,171 @@ impl Consumers for JetStream {
 }
 
 struct JsLease {
+    client: async_nats::Client,
+    context: jetstream::Context,
     stream: jetstream::stream::Stream,
     consumer: consumer::Consumer<consumer::pull::Config>,
     /// The pull request in progress, if any. It belongs to the connection, not to the consumer
     /// handle, so it stays open when the consumer is updated.
-    open: Option<consumer::pull::Batch>,
+    open: Option<Pull>,
+}
+
+/// An open pull request on an inbox of its own.
+struct Pull {
+    sub: Subscriber,
+    /// Events the request may still bring.
+    remaining: usize,
+    /// Silence after which the request is taken for lost: two heartbeats and a margin, or (with
+    /// no heartbeat) its expiry and a margin.
+    silence: Duration,
+    /// When the server last sent something for this request.
+    heard: Instant,
+    /// Drained: the events already sent arrive, then the subscription ends.
+    cancelled: bool,
+    /// The client's connection count when the request was sent: a reconnect may have lost it.
+    connects: u64,
+}
+
+/// The idle heartbeat asked for a request that waits `wait`: a quarter of it, at most 15 s (the
+/// server refuses one over half the expiry); none for short requests, whose expiry says enough.
+fn heartbeat(wait: Duration) -> Duration {
+    if wait < Duration::from_secs(4) {
+        Duration::ZERO
+    } else {
+        (wait / 4).min(Duration::from_secs(15))
+    }
+}
+
+/// Margin over a heartbeat or an expiry before the request counts as lost.
+const SILENCE_MARGIN: Duration = Duration::from_secs(2);
+/// How often an open request looks at the connection's reconnect count.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+
+impl JsLease {
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Relaxed)
+    }
 }
 
 impl Lease for JsLease {
     fn request(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let batch = self
-                .consumer
-                .batch()
-                .max_messages(max)
-                .expires(wait)
-                .messages()
+            let inbox = self.client.new_inbox();
+            let sub = self.client.subscribe(inbox.clone()).await.map_err(other)?;
+            let idle_heartbeat = heartbeat(wait);
+            let batch = consumer::pull::BatchConfig {
+                batch: max,
+                expires: Some(wait),
+                idle_heartbeat,
+                ..Default::default()
+            };
+            self.consumer
+                .request_batch(batch, inbox.into())
                 .await
                 .map_err(other)?;
-            self.open = Some(batch);
+            let silence = if idle_heartbeat.is_zero() {
+                wait
+            } else {
+                idle_heartbeat * 2
+            };
+            self.open = Some(Pull {
+                sub,
+                remaining: max,
+                silence: silence.saturating_add(SILENCE_MARGIN),
+                heard: Instant::now(),
+                cancelled: false,
+                connects: self.connects(),
+            });
             Ok(())
         })
     }
 
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Box<dyn Leased>, BrokerError>>> {
         Box::pin(async move {
-            let batch = self.open.as_mut()?;
-            match batch.next().await {
-                None => {
+            loop {
+                let pull = self.open.as_mut()?;
+                if pull.remaining == 0 && !pull.cancelled {
                     self.open = None;
-                    None
+                    return None;
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "pull ended");
-                    self.open = None;
-                    None
+                let deadline = pull.heard + pull.silence;
+                // Woken every second to notice a reconnect: a restarted server forgot the
+                // request, and waiting for the missed heartbeats would idle the subscription.
+                let wake = deadline.min(Instant::now() + CONNECTION_CHECK);
+                let msg = match tokio::time::timeout_at(wake, pull.sub.next()).await {
+                    Ok(Some(msg)) => msg,
+                    Err(_) if Instant::now() < deadline => {
+                        let connects = self.client.statistics().connects.load(Relaxed);
+                        if connects != pull.connects && !pull.cancelled {
+                            tracing::debug!("reconnected: ending the pull request, asking again");
+                            pull.cancelled = true;
+                            if pull.sub.drain().await.is_err() {
+                                self.open = None;
+                                return None;
+                            }
+                        }
+                        continue;
+                    }
+                    // Drained to its end, or the client is closing.
+                    Ok(None) => {
+                        self.open = None;
+                        return None;
+                    }
+                    // The server restarted, lost the request, or no longer knows the consumer.
+                    Err(_) => {
+                        let silence = pull.silence;
+                        self.open = None;
+                        return Some(Err(BrokerError::Timeout(silence)));
+                    }
+                };
+                pull.heard = Instant::now();
+                match msg.status {
+                    None | Some(StatusCode::OK) => {
+                        pull.remaining = pull.remaining.saturating_sub(1);
+                        let msg = Message {
+                            message: msg,
+                            context: self.context.clone(),
+                        };
+                        return Some(Ok(Box::new(JsLeased::new(msg)) as Box<dyn Leased>));
+                    }
+                    Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                    // Expired (408), or nothing to wait for (404): the request is over.
+                    Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
+                        if !pull.cancelled {
+                            self.open = None;
+                            return None;
+                        }
+                    }
+                    Some(status) => {
+                        let reason = msg.description.unwrap_or_default();
+                        if !pull.cancelled {
+                            self.open = None;
+                            return Some(Err(BrokerError::Other(format!(
+                                "pull request ended: {status} {reason}"
+                            ))));
+                        }
+                    }
                 }
-                Some(Ok(msg)) => Some(Ok(Box::new(JsLeased::new(msg)) as Box<dyn Leased>)),
             }
         })
     }
 
     fn is_open(&self) -> bool {
         self.open.is_some()
+    }
+
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(pull) = self.open.as_mut()
+                && !pull.cancelled
+            {
+                pull.cancelled = true;
+                if pull.sub.drain().await.is_err() {
+                    // The connection is gone: nothing more can arrive on it.
+                    self.open = None;
+                }
+            }
+        })
     }
 
     fn update(&mut self, spec: &ConsumerSpec) -> BoxFuture<'_, Result<(), BrokerError>> {

@@ -421,6 +421,12 @@ impl Lease for MemLease {
         self.open.is_some()
     }
 
+    /// Events are taken from the stream as `next` asks, so none is ever in flight to a request:
+    /// ending it is closing it.
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.close() })
+    }
+
     fn update(&mut self, spec: &ConsumerSpec) -> BoxFuture<'_, Result<(), BrokerError>> {
         let spec = spec.clone();
         Box::pin(async move {

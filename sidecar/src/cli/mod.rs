@@ -78,6 +78,9 @@ pub enum BenchCommand {
     Publish(herald_bench::BenchArgs),
     /// Delivery throughput (sidecar vs raw async-nats consumers) and publish-to-app latency.
     Deliver(herald_bench::deliver::DeliverArgs),
+    /// Many sidecars × many subscriptions: idle and loaded cost (CPU, JetStream API requests,
+    /// memory), delivery rate and latency.
+    Fanout(herald_bench::fanout::FanoutArgs),
     /// Memory and service of a sidecar holding connections that never finish a request.
     SlowClients(herald_bench::slow::SlowArgs),
 }
@@ -184,6 +187,7 @@ pub async fn run(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
             match command {
                 BenchCommand::Publish(args) => herald_bench::run(args, env).await?,
                 BenchCommand::Deliver(args) => herald_bench::deliver::run(args, env).await?,
+                BenchCommand::Fanout(args) => herald_bench::fanout::run(args, env).await?,
                 BenchCommand::SlowClients(args) => herald_bench::slow::run(args, env).await?,
             }
             Ok(0)

@@ -9,8 +9,11 @@ use herald_core::defaults::{BUCKET, DELIVERY_KEY, Defaults};
 use herald_runtime::shutdown::Shutdown;
 use tokio::sync::watch;
 
-/// How long to wait before opening the bucket again after it was missing or the broker failed.
+/// How long to wait before opening the bucket again after it was missing or the broker failed,
+/// doubling up to [`RETRY_MAX`] while it stays missing: without a controller (`herald dev`) the
+/// bucket never comes, and an idle sidecar should not ask every few seconds.
 const RETRY: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(120);
 
 /// Follows the key until `shutdown`. `tx` holds `None` until the first answer: the current
 /// value, or the built-in defaults when the bucket or key does not exist (no controller, as
@@ -28,15 +31,21 @@ pub async fn follow(
                 .is_some()
         })
     };
+    let mut retry = RETRY;
     while !shutdown.is_triggered() {
         let mut watch = match config.watch(BUCKET, DELIVERY_KEY).await {
-            Ok(w) => w,
+            Ok(w) => {
+                retry = RETRY;
+                w
+            }
             Err(e) => {
                 settle(&tx);
-                tracing::debug!(error = %e, "no cluster delivery defaults; the built-in ones apply");
+                tracing::debug!(error = %e, ?retry, "no cluster delivery defaults; the built-in ones apply");
+                let wait = crate::deliver::attempt::jitter(retry);
+                retry = (retry * 2).min(RETRY_MAX);
                 tokio::select! {
                     _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
         };

@@ -41,18 +41,22 @@ use crate::metrics::{
 use attempt::{AppClient, Endpoint};
 use deadletter::{Failure, Written};
 
-/// How long one pull request waits for events. Short, because at shutdown the sidecar keeps its
-/// open request until it ends (see [`Deliverer::run`]).
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// How long an event handed back at shutdown waits before its redelivery: as long as the last
-/// pull request can stay open. With no delay the broker would lease it straight back to that
-/// request, which the drain reads to its end, and every bounce would count as a delivery and
-/// spend the event's retry budget without an attempt.
-const HAND_BACK: Duration = PULL_EXPIRES;
+/// How long one pull request waits for events. Long, so an idle subscription costs the broker one
+/// request a minute: a stopping subscription cancels its open request
+/// ([`herald_core::broker::Lease::cancel`]) rather than waiting for it to expire.
+const PULL_EXPIRES: Duration = Duration::from_secs(60);
+/// How long an event handed back at shutdown waits before its redelivery. A hand-back can cross
+/// the cancellation of the open request on its way to the broker; with no delay the broker could
+/// lease the event straight back to that request, and each bounce would count as a delivery and
+/// spend the event's retry budget without an attempt. Another replica, or the restarted sidecar,
+/// gets it after this delay.
+const HAND_BACK: Duration = Duration::from_secs(1);
 /// Time between attempts to bind a consumer (the stream may not exist yet) or to pull again.
 const RETRY: Duration = Duration::from_secs(1);
-/// Time between refreshes of a subscription's lag.
-const LAG_EVERY: Duration = Duration::from_secs(5);
+/// The lag (the consumer's pending count) travels with every leased event; a subscription that
+/// leased nothing for this long asks the broker (jittered ±20 %), so an idle one costs a request
+/// every few minutes, not one every few seconds.
+const LAG_IDLE: Duration = Duration::from_secs(300);
 
 /// Delivers the events of every subscription of one app.
 pub struct Deliverer {
@@ -281,12 +285,14 @@ impl Deliverer {
             .get_or_create(&label)
             .clone();
         let pending = self.metrics.consumer_pending.get_or_create(&label).clone();
-        let lag = tokio::spawn(
-            report_lag(
+        let lag = Arc::new(Lag::new(pending));
+        let lag_task = tokio::spawn(
+            refresh_lag(
                 self.broker.clone(),
                 self.stream.clone(),
                 consumer,
-                pending,
+                lag.clone(),
+                self.jitter,
                 stop.clone(),
             )
             .in_current_span(),
@@ -296,6 +302,9 @@ impl Deliverer {
         let active = Arc::new(AtomicUsize::new(0));
         let freed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
+        // A request that ended in an error (the consumer deleted, the request lost): the consumer
+        // is bound again (created if it is gone) before the next request.
+        let mut rebind = false;
         'pull: while !stop.is_triggered() {
             while tasks.try_join_next().is_some() {}
             let free = target
@@ -319,7 +328,14 @@ impl Deliverer {
                 }
                 continue;
             }
-            // Not abandoned on stop: once the request is sent it must be read to its end (below).
+            if rebind {
+                match self.bind(&target.sub, &stop).await {
+                    Some(l) => lease = l,
+                    None => break,
+                }
+                rebind = false;
+            }
+            // Not abandoned on stop: it is cancelled and read to its end (below).
             if let Err(e) = lease.request(free, PULL_EXPIRES).await {
                 tracing::warn!(error = %e, "pull failed; retrying");
                 tokio::select! {
@@ -344,11 +360,15 @@ impl Deliverer {
                     }
                     Step::Freed | Step::Event(None) => break,
                     Step::Event(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "pull ended");
+                        tracing::info!(error = %e, "pull request ended; binding the consumer again");
+                        rebind = true;
                         break;
                     }
                     Step::Event(Some(Ok(event))) => event,
                 };
+                if let Some(info) = event.info() {
+                    lag.seen(info.pending);
+                }
                 // Filtered here, before a slot is taken, so dropped events cost no task.
                 if !self.passes(&target.sub, event.as_ref()) {
                     self.count(&target.sub, DeliveryOutcome::Filtered);
@@ -373,10 +393,11 @@ impl Deliverer {
                 while tasks.try_join_next().is_some() {}
             }
         }
-        lag.abort();
-        // The broker may still send events to the open request (it cannot be cancelled): read it
-        // to its end, at most PULL_EXPIRES, handing every late event back at once instead of
-        // stranding it until the ack wait. Meanwhile the deliveries in flight finish.
+        lag_task.abort();
+        // The open request is cancelled; what the broker had already sent to it still arrives and
+        // is handed back at once instead of stranding it until the ack wait. Meanwhile the
+        // deliveries in flight finish.
+        lease.cancel().await;
         let drain = async {
             let mut delivering = true;
             while delivering || lease.is_open() {
@@ -423,22 +444,60 @@ impl Deliverer {
     }
 }
 
-/// Publishes the consumer's pending count (events not yet delivered to it) every
-/// [`LAG_EVERY`].
-async fn report_lag(
+/// A subscription's lag gauge and when it was last set from a leased event.
+struct Lag {
+    gauge: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Milliseconds since `since` at the last leased event.
+    last: std::sync::atomic::AtomicU64,
+    since: tokio::time::Instant,
+}
+
+impl Lag {
+    fn new(gauge: Gauge<i64, std::sync::atomic::AtomicI64>) -> Self {
+        Lag {
+            gauge,
+            last: std::sync::atomic::AtomicU64::new(0),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn set(&self, pending: u64) {
+        self.gauge.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// A leased event said how many are pending after it.
+    fn seen(&self, pending: u64) {
+        self.set(pending);
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+/// Sets the lag from the broker once at the start, then whenever no leased event has set it for
+/// [`LAG_IDLE`] (jittered, so many sidecars do not ask together).
+async fn refresh_lag(
     broker: Arc<dyn Broker>,
     stream: String,
     consumer: String,
-    gauge: Gauge<i64, std::sync::atomic::AtomicI64>,
+    lag: Arc<Lag>,
+    jitter: fn(Duration) -> Duration,
     shutdown: Shutdown,
 ) {
+    let mut ask = true;
     loop {
-        if let Ok(c) = broker.consumer(&stream, &consumer).await {
-            gauge.set(i64::try_from(c.pending).unwrap_or(i64::MAX));
+        if ask && let Ok(c) = broker.consumer(&stream, &consumer).await {
+            lag.set(c.pending);
         }
+        let wait = jitter(LAG_IDLE).saturating_sub(lag.quiet_for());
         tokio::select! {
-            _ = tokio::time::sleep(LAG_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait() => return,
         }
+        ask = lag.quiet_for() >= LAG_IDLE.mul_f64(0.8);
     }
 }

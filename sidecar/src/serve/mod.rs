@@ -282,14 +282,14 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
         body_read_timeout: cfg.listeners.body_read_timeout,
         publish_allow: shared.publish_allow.clone(),
     };
+    let readiness = Readiness::new(broker.clone(), &cfg.stream);
     let api = Arc::new(Api::new(
         api_cfg,
-        broker.clone(),
+        readiness.watch(),
         buffer,
         metrics.clone(),
         app_done.clone(),
     ));
-    let readiness = Readiness::new(broker.clone(), &cfg.stream);
     tokio::spawn(
         readiness
             .clone()
