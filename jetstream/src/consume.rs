@@ -126,8 +126,10 @@ fn heartbeat(wait: Duration) -> Duration {
 
 /// Margin over a heartbeat or an expiry before the request counts as lost.
 const SILENCE_MARGIN: Duration = Duration::from_secs(2);
-/// How often an open request looks at the connection's reconnect count.
-const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+/// How often an open request looks at the connection's reconnect count: often enough that a
+/// restarted server's forgotten requests are replaced within seconds, rarely enough that idle
+/// subscriptions cost no CPU to speak of.
+const CONNECTION_CHECK: Duration = Duration::from_secs(5);
 
 impl JsLease {
     fn connects(&self) -> u64 {
@@ -177,7 +179,7 @@ impl Lease for JsLease {
                     return None;
                 }
                 let deadline = pull.heard + pull.silence;
-                // Woken every second to notice a reconnect: a restarted server forgot the
+                // Woken every few seconds to notice a reconnect: a restarted server forgot the
                 // request, and waiting for the missed heartbeats would idle the subscription.
                 let wake = deadline.min(Instant::now() + CONNECTION_CHECK);
                 let msg = match tokio::time::timeout_at(wake, pull.sub.next()).await {

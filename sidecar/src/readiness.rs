@@ -165,7 +165,9 @@ impl Readiness {
                 warned = true;
             }
             let wait = match (next.ready, starting) {
-                (true, _) => Duration::from_secs(1),
+                // Ready: only the safety recheck and a reconnect matter here (`current` reads the
+                // connection live, and a missing stream wakes this loop at once).
+                (true, _) => Duration::from_secs(5),
                 (false, true) => Duration::from_millis(25),
                 (false, false) => Duration::from_millis(250),
             };

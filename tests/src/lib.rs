@@ -6,6 +6,8 @@
 //!   builds it first) as a child process on port 0, reporting its ports in a ports file.
 //! - [`sink::Sink`]: a real HTTP app receiving deliveries (scripted answers, delays, peak
 //!   concurrency, stoppable and restartable on its port).
+//! - [`NatsCluster`]: three (or more) such servers joined by routes into one JetStream cluster,
+//!   each killable and restartable on its ports.
 //! - helpers to create streams with herald's own policy code and read back what JetStream stored.
 
 use std::path::PathBuf;
@@ -83,6 +85,112 @@ impl Nats {
         self.ensure_stream(&StreamPolicy::dead_letters("HERALD_DLQ"))
             .await;
         self.jetstream().await
+    }
+}
+
+/// A JetStream cluster of real nats-servers on loopback, joined by routes.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// `n` servers named `n1`…`nN`. Client ports are random (from each server's ports file);
+    /// route ports are picked free just before the start, since every server must be given the
+    /// others' routes up front (nats-server refuses a JetStream cluster without them).
+    pub fn start(n: usize) -> Self {
+        let name =
+            std::env::var("HERALD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let bin = find_binary(&name).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let route_ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let config = dir.path().join(format!("n{}.conf", i + 1));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: n{}\ncluster {{\n  name: herald-test\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n",
+                        i + 1
+                    ),
+                )
+                .expect("write the node's configuration");
+                NatsServer::start(&NatsServerOptions {
+                    bin: bin.clone(),
+                    port: None,
+                    store_dir: None,
+                    config: Some(config),
+                })
+                .unwrap_or_else(|e| panic!("starting cluster node n{}: {e}", i + 1))
+            })
+            .collect();
+        NatsCluster { nodes, _dir: dir }
+    }
+
+    /// Every node's URL, comma-separated, as `--nats-url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node a server name (`n2`) stands for.
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        server_name
+            .strip_prefix('n')
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| i.checked_sub(1))
+            .filter(|i| *i < self.nodes.len())
+    }
+
+    /// A JetStream context through every node (the client fails over between them).
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("a node URL"))
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .expect("connect to the cluster");
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client)
+    }
+
+    /// Creates the stream once the cluster has elected its meta leader (retried for 30 s).
+    pub async fn ensure_stream(&self, policy: &StreamPolicy) {
+        let js = self.jetstream().await;
+        let broker = JetStream::new(js.client().clone(), Duration::from_secs(5), "HERALD");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match broker.ensure_stream(policy).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() < until => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("ensure {} on the cluster: {e}", policy.name),
+            }
+        }
     }
 }
 

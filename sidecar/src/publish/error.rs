@@ -34,7 +34,9 @@ pub enum PublishError {
     /// The broker cannot take the event now; the client should retry.
     #[error("NATS is unreachable: {0}")]
     Unavailable(String),
-    #[error("stream `{0}` does not exist yet (herald's controller, or `herald dev`, creates it)")]
+    #[error(
+        "no JetStream server took the event for stream `{0}`: it does not exist yet (herald's controller, or `herald dev`, creates it), or its cluster is electing a new leader"
+    )]
     NoStream(String),
     /// The stream refused the event because a limit is reached and it discards new events.
     #[error("stream is full: {0}")]

@@ -1,0 +1,206 @@
+//! herald on a three-node JetStream cluster: R3 streams, sidecars given all three URLs, and a
+//! node SIGKILLed mid-traffic — the stream's leader in one test, the consumer's leader in the
+//! other. Every event a publisher got 204 for is stored and delivered; duplicates are counted and
+//! printed (at-least-once allows them), never failed on. Real nats-servers joined by routes on
+//! loopback, the real `herald` binary, a real HTTP sink.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use herald_tests::herald_core::policy::StreamPolicy;
+use herald_tests::sink::Sink;
+use herald_tests::{Herald, NatsCluster, eventually, header, stored};
+use tokio::sync::Mutex;
+
+/// Which leader to kill.
+#[derive(Clone, Copy)]
+enum Victim {
+    Stream,
+    Consumer,
+}
+
+async fn leader(cluster: &NatsCluster, victim: Victim) -> usize {
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("HERALD").await.expect("the stream");
+    let name = match victim {
+        Victim::Stream => stream.info().await.expect("stream info").cluster.clone(),
+        Victim::Consumer => {
+            let consumer = {
+                let mut names = stream.consumer_names();
+                futures::StreamExt::next(&mut names)
+                    .await
+                    .expect("one consumer")
+                    .expect("its name")
+            };
+            stream
+                .consumer_info(&consumer)
+                .await
+                .expect("consumer info")
+                .cluster
+                .clone()
+        }
+    }
+    .and_then(|c| c.leader)
+    .expect("a leader");
+    cluster
+        .index_of(&name)
+        .unwrap_or_else(|| panic!("leader {name} is not a node"))
+}
+
+async fn survive(victim: Victim) {
+    let mut cluster = NatsCluster::start(3);
+    for policy in [
+        StreamPolicy::dev_events("HERALD"),
+        StreamPolicy::dead_letters("HERALD_DLQ"),
+    ] {
+        cluster
+            .ensure_stream(&StreamPolicy {
+                replicas: 3,
+                ..policy
+            })
+            .await;
+    }
+    let urls = cluster.urls();
+    let sink = Sink::start().await;
+    let port = sink.port.to_string();
+    let subscriber = Herald::start(
+        "sidecar",
+        &[
+            "--nats-url",
+            &urls,
+            "--app-id",
+            "sub",
+            "--app-port",
+            &port,
+            "--subscribe",
+            "tick.v1",
+        ],
+    )
+    .await;
+    subscriber.wait_ready().await;
+    let publisher = Herald::start("sidecar", &["--nats-url", &urls, "--app-id", "pub"]).await;
+    publisher.wait_ready().await;
+
+    // A steady publisher: ~100 events/s; what got 204 is what must arrive.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acked, refused, stop, url) = (
+            acked.clone(),
+            refused.clone(),
+            stop.clone(),
+            publisher.url.clone(),
+        );
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let id = format!("t-{n}");
+                n += 1;
+                let r = herald_tests::binary_on(&client, &url, &id, "ticker", "tick.v1")
+                    .body("{}")
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 204 => acked.lock().await.push(id),
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        refused.lock().await.push(format!("{id}: {status} {body}"));
+                    }
+                    Err(e) => refused.lock().await.push(format!("{id}: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim_node = leader(&cluster, victim).await;
+    let before_kill = acked.lock().await.len();
+    cluster.nodes[victim_node].kill();
+    let killed = std::time::Instant::now();
+    // The cluster goes on without the node: a new leader, publishes taken again.
+    eventually(
+        Duration::from_secs(60),
+        "publishes taken again with the node down",
+        || {
+            let acked = acked.clone();
+            async move { acked.lock().await.len() >= before_kill + 50 }
+        },
+    )
+    .await;
+    let recovered = killed.elapsed();
+    cluster.nodes[victim_node]
+        .restart()
+        .expect("restart the killed node");
+    let back = acked.lock().await.len();
+    eventually(
+        Duration::from_secs(60),
+        "publishes taken with the node back",
+        || {
+            let acked = acked.clone();
+            async move { acked.lock().await.len() >= back + 50 }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Release);
+    load.await.expect("the publisher");
+
+    let acked: Vec<String> = acked.lock().await.clone();
+    let refused = refused.lock().await.clone();
+    let want: HashSet<&str> = acked.iter().map(String::as_str).collect();
+    eventually(
+        Duration::from_secs(90),
+        "every acknowledged event delivered",
+        || {
+            let got: HashSet<String> = sink
+                .received()
+                .iter()
+                .filter_map(|r| r.header("ce-id").map(str::to_owned))
+                .collect();
+            let done = want.iter().all(|id| got.contains(*id));
+            async move { done }
+        },
+    )
+    .await;
+    let js = cluster.jetstream().await;
+    let in_stream: HashSet<String> = stored(&js, "HERALD")
+        .await
+        .iter()
+        .filter_map(|m| header(m, "ce-id").map(str::to_owned))
+        .collect();
+    let missing: Vec<&&str> = want.iter().filter(|id| !in_stream.contains(**id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+    let deliveries = sink.received().len();
+    eprintln!(
+        "{} killed: publishes taken again {recovered:.1?} after the kill; {} acknowledged, {} refused while failing over, {} deliveries, {} duplicates; refusals: {:?}",
+        match victim {
+            Victim::Stream => "stream leader",
+            Victim::Consumer => "consumer leader",
+        },
+        acked.len(),
+        refused.len(),
+        deliveries,
+        deliveries.saturating_sub(want.len()),
+        refused
+            .iter()
+            .step_by(refused.len().div_ceil(4).max(1))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn the_stream_leader_killed_loses_no_acknowledged_event() {
+    survive(Victim::Stream).await;
+}
+
+#[tokio::test]
+async fn the_consumer_leader_killed_loses_no_acknowledged_event() {
+    survive(Victim::Consumer).await;
+}
