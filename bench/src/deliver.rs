@@ -635,6 +635,7 @@ async fn end_to_end(
         rate: s.rate,
         scenarios: vec![],
         nats_server_bin: String::new(),
+        consumers: 0,
     };
     // Deliveries of warm-up events are not recorded: reset when measuring starts.
     let reset = {

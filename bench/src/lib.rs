@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// nats-server binary to start when no --nats-url is given [default: nats-server]
     #[arg(long)]
     pub nats_server_bin: Option<String>,
+    /// Durable consumers beside the publish path: the stream becomes interest-retention, one
+    /// consumer takes the published type (the subscriber), the others filter on types of their
+    /// own, as N apps subscribed to one stream [default: 0]
+    #[arg(long)]
+    pub consumers: Option<String>,
 }
 
 const SCENARIOS: [&str; 4] = ["raw", "sidecar", "batch", "rate"];
@@ -110,6 +115,7 @@ struct Settings {
     rate: u64,
     scenarios: Vec<String>,
     nats_server_bin: String,
+    consumers: usize,
 }
 
 impl Settings {
@@ -149,6 +155,9 @@ impl Settings {
             nats_server_bin: r
                 .get("nats-server-bin", &a.nats_server_bin, |v| Ok(v.to_owned()))
                 .unwrap_or_else(|| "nats-server".into()),
+            consumers: r
+                .get("consumers", &a.consumers, |v| parse_count(v, 0, 100_000))
+                .unwrap_or(0),
         };
         r.finish()?;
         Ok(s)
@@ -528,9 +537,56 @@ async fn bench_nats(
     Ok((embedded, url, js))
 }
 
+/// Makes the bench stream interest-retention and gives it `n` durable pull consumers: the first
+/// filters on the published type, the others on types of their own. Nothing acknowledges, so
+/// what the first consumer holds stays until the stream is purged between scenarios.
+async fn add_consumers(js: &jetstream::Context, n: usize) -> Result<(), BenchError> {
+    let err = |e: &dyn std::fmt::Display| BenchError::Runtime(format!("{n} consumers: {e}"));
+    let _ = js.delete_stream(STREAM).await;
+    let policy = StreamPolicy {
+        subjects: vec![format!(
+            "{}.>",
+            event_subject(SOURCE, "x").trim_end_matches(".x")
+        )],
+        ..StreamPolicy::events(STREAM)
+    };
+    herald_jetstream::JetStream::new(js.client().clone(), Duration::from_secs(5), STREAM)
+        .ensure_stream(&policy)
+        .await
+        .map_err(|e| err(&e))?;
+    let stream = js.get_stream(STREAM).await.map_err(|e| err(&e))?;
+    let started = Instant::now();
+    for i in 0..n {
+        let ty = if i == 0 {
+            TYPE.to_owned()
+        } else {
+            format!("other.c{i}.v1")
+        };
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("bench-c{i}")),
+                filter_subject: event_subject(SOURCE, &ty),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+    }
+    eprintln!(
+        "  {n} consumers created in {:.1?} (interest retention)",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), BenchError> {
     let s = Settings::resolve(&args, env)?;
-    let (_embedded, url, js) = bench_nats(&s.nats_url, &s.nats_server_bin).await?;
+    let (embedded, url, js) = bench_nats(&s.nats_url, &s.nats_server_bin).await?;
+    if s.consumers > 0 {
+        add_consumers(&js, s.consumers).await?;
+    }
+    let nats_rss = || embedded.as_ref().map(|n| memory_kib(n.pid()).0);
+    let nats_rss_before = nats_rss();
 
     // The sidecar under test: this very binary.
     let (listen, admin) = (free_addr()?, free_addr()?);
@@ -659,6 +715,7 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), BenchError> {
         );
     }
     let (after_rss, peak_rss) = memory_kib(sidecar.0.id());
+    let nats_after = nats_rss();
     drop(sidecar);
     let _ = js.delete_stream(STREAM).await;
 
@@ -703,6 +760,14 @@ pub async fn run(args: BenchArgs, env: &dyn Env) -> Result<(), BenchError> {
         after_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
     );
+    if let (Some(before), Some(after)) = (nats_rss_before, nats_after) {
+        println!(
+            "nats-server memory with {} consumers on the stream: RSS {:.1} MiB before the run, {:.1} MiB after",
+            s.consumers,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+    }
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! The controller against a scripted Kubernetes API with state (tests/common/fake.rs) and a
 //! real nats-server: a pass reconciles the streams and patches the status, publishes delivery
 //! defaults, raises the storage Events, deletes orphan consumers only after the grace period
-//! and never one in use, reports missed injections once on their owner; and two replicas hand
-//! the lease over without ever acting together.
+//! and never one in use, reports missed injections once on their owner. The leader election and
+//! the watches run against a real kube-apiserver (tests/apiserver.rs).
 
 mod common;
 
@@ -12,13 +12,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::fake::{self, FakeCluster};
 use herald_controlplane::controller::metrics::ControllerMetrics;
-use herald_controlplane::controller::{
-    self, Controller, ControllerConfig, LeaseConfig, PassReport,
-};
+use herald_controlplane::controller::{Controller, ControllerConfig, LeaseConfig, PassReport};
 use herald_core::consumer::{self, Subscriber};
 use herald_core::contract::Subscription;
 use herald_core::filter::TypeFilter;
-use herald_runtime::shutdown::Shutdown;
 use herald_tests::{Nats, eventually};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -507,79 +504,4 @@ async fn missed_injections_are_counted_and_reported_once_on_the_owner() {
     // Broken again later: reported again.
     fake.put(fake::PODS, vec![pod("payments-5c8d-d", false)]);
     assert_eq!(c.pass().await.events, ["SidecarMissing"]);
-}
-
-#[tokio::test]
-async fn two_replicas_never_lead_together_and_hand_over_on_shutdown() {
-    let nats = Nats::start();
-    let fake = FakeCluster::new();
-    fake.set_spec("{}", 1);
-    let start = |identity: &'static str| {
-        let api = fake.client();
-        let requests = api.requests.clone();
-        let m = metrics();
-        let stop = Shutdown::new();
-        let (m2, stop2, url) = (m.clone(), stop.clone(), nats.url());
-        let task = tokio::spawn(async move {
-            let client = async_nats::connect(url).await.unwrap();
-            let broker = herald_jetstream::JetStream::new(client, Duration::from_secs(5), "HERALD");
-            controller::lead(
-                api.client,
-                Arc::new(broker),
-                config(Duration::from_secs(3600), identity),
-                m2,
-                stop2,
-            )
-            .await
-        });
-        (m, stop, requests, task)
-    };
-    let reconciles = |requests: &Arc<std::sync::Mutex<Vec<String>>>| {
-        requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.starts_with(&format!("GET {}", fake::EVENT_STREAM)))
-            .count()
-    };
-
-    let (a, a_stop, a_requests, a_task) = start("herald-a");
-    eventually(Duration::from_secs(10), "replica a leads", || {
-        let a = a.clone();
-        async move { a.leader.get() == 1 }
-    })
-    .await;
-    let (b, b_stop, b_requests, b_task) = start("herald-b");
-    // Several lease renewals and passes of a later, b has still not acted.
-    let before = reconciles(&a_requests);
-    eventually(Duration::from_secs(10), "a runs three more passes", || {
-        let a_requests = a_requests.clone();
-        async move { reconciles(&a_requests) >= before + 3 }
-    })
-    .await;
-    assert_eq!(b.leader.get(), 0);
-    assert_eq!(reconciles(&b_requests), 0);
-    assert_eq!(fake.lease_holder().as_deref(), Some("herald-a"));
-
-    // a shuts down and releases the lease; b takes over well before the lease would expire
-    // by itself, and a does nothing more.
-    a_stop.trigger();
-    a_task.await.unwrap().unwrap();
-    assert_eq!(a.leader.get(), 0);
-    let a_passes = reconciles(&a_requests);
-    eventually(Duration::from_secs(10), "replica b leads", || {
-        let b = b.clone();
-        async move { b.leader.get() == 1 }
-    })
-    .await;
-    eventually(Duration::from_secs(5), "replica b runs passes", || {
-        let n = reconciles(&b_requests);
-        async move { n > 0 }
-    })
-    .await;
-    assert_eq!(fake.lease_holder().as_deref(), Some("herald-b"));
-    assert_eq!(reconciles(&a_requests), a_passes);
-    b_stop.trigger();
-    b_task.await.unwrap().unwrap();
-    assert_eq!(fake.lease_holder(), None);
 }

@@ -4,6 +4,7 @@
 //!   from PATH), random port, temporary store; restartable on the same port to simulate outages.
 //! - [`Herald`]: the real `herald` binary (`HERALD_BIN`, else `target/debug/herald`; `scripts/test`
 //!   builds it first) as a child process on port 0, reporting its ports in a ports file.
+//! - [`kit::Apiserver`]: a real kube-apiserver of the Kubernetes test kit (`HERALD_TEST_K8S`).
 //! - [`sink::Sink`]: a real HTTP app receiving deliveries (scripted answers, delays, peak
 //!   concurrency, stoppable and restartable on its port).
 //! - [`NatsCluster`]: three (or more) such servers joined by routes into one JetStream cluster,
@@ -20,6 +21,7 @@ use herald_core::policy::StreamPolicy;
 use herald_jetstream::JetStream;
 use herald_jetstream::natsd::{NatsServer, NatsServerOptions, find_binary};
 
+pub mod kit;
 pub mod sink;
 
 pub use herald_core;

@@ -1,21 +1,25 @@
 //! The stream controller: one replica at a time (a Lease, through kube-lease-manager) runs a
-//! pass every period:
+//! pass every period, and soon after anything it watches changes:
 //!
 //! 1. the `EventStream` (default `default`, [`crd`]): both streams reconciled ([`reconcile`]),
 //!    the status subresource patched when it changed, an Event when storage use crosses the
 //!    warning percent either way, and the delivery defaults written to the `HERALD_CONFIG`
 //!    key-value bucket the sidecars watch;
-//! 2. the workloads (Deployments, StatefulSets, DaemonSets, CronJobs, Jobs and pods, listed
-//!    cluster wide, judged by [`inventory`]): pods that asked for the sidecar and run without it
+//! 2. the workloads (Deployments, StatefulSets, DaemonSets, CronJobs, Jobs and pods, cluster
+//!    wide, judged by [`inventory`]): pods that asked for the sidecar and run without it
 //!    are counted and reported on their owner, and herald consumers nothing subscribes to any more
 //!    are deleted once they have been orphans for the grace period.
 //!
 //! The broker is reached through its seam ([`herald_core::broker`]); Kubernetes Events are
 //! published with kube-rs's [`Recorder`] (events.k8s.io, repeats folded into a series).
 //!
-//! A pass is a poll, not a watch: every step is idempotent, a pass costs a handful of list calls,
-//! and a spec change takes effect within one period (default 15 s). Nothing here panics or
-//! exits on a failed step; it is logged, counted as a failed pass, and tried again next period.
+//! The leader reads the cluster through reflectors ([`watch`]): one list per kind when its term
+//! starts, then watches, so a pass costs the apiserver nothing but the writes it makes, and any
+//! change (an EventStream edit, a pod without its sidecar) starts a pass within
+//! [`CHANGE_DELAY`], at most one per [`MIN_GAP`]. The period (default 15 s) remains for what
+//! only NATS can tell (storage use) and as a safety net. [`Controller::pass`] without reflectors
+//! lists instead (one-off passes, tests). Every step is idempotent; nothing here panics or exits
+//! on a failed step; it is logged, counted as a failed pass, and tried again.
 //!
 //! Deletion is conservative: a consumer is only herald's when its name is the hash of its
 //! description; it is in use while any workload template or pod subscribes to it, or while
@@ -26,6 +30,7 @@ pub mod crd;
 pub mod inventory;
 pub mod metrics;
 pub mod reconcile;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -55,6 +60,11 @@ pub const COMPONENT: &str = "herald-controller";
 const NATS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Objects per list call.
 const PAGE: u32 = 500;
+/// How long after a watched change a pass starts, so a burst (a rollout) is one pass.
+const CHANGE_DELAY: Duration = Duration::from_secs(1);
+/// The least time between two passes started by changes: pod churn must not turn into NATS
+/// requests every second.
+const MIN_GAP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -137,6 +147,8 @@ pub struct Controller {
     reported: HashSet<String>,
     /// What was last written to the bucket.
     defaults_written: Option<Vec<u8>>,
+    /// The leader's reflectors; without them a pass lists.
+    watched: Option<Arc<watch::Watched>>,
 }
 
 impl Controller {
@@ -162,6 +174,7 @@ impl Controller {
             orphans: HashMap::new(),
             reported: HashSet::new(),
             defaults_written: None,
+            watched: None,
         }
     }
 
@@ -202,7 +215,11 @@ impl Controller {
     async fn event_stream(&mut self, report: &mut PassReport) -> Option<ObjectReference> {
         let api: Api<EventStream> = Api::all(self.kube.clone());
         let name = &self.cfg.event_stream;
-        let es = match api.get_opt(name).await {
+        let found = match &self.watched {
+            Some(w) => Ok(w.event_stream()),
+            None => api.get_opt(name).await,
+        };
+        let es = match found {
             Ok(Some(es)) => es,
             Ok(None) => {
                 report.errors.push(format!(
@@ -307,6 +324,9 @@ impl Controller {
     }
 
     async fn list(&self) -> Result<Workloads, kube::Error> {
+        if let Some(w) = &self.watched {
+            return Ok(w.workloads());
+        }
         let c = &self.kube;
         Ok(Workloads {
             deployments: list_all(Api::<Deployment>::all(c.clone())).await?,
@@ -554,11 +574,25 @@ pub async fn lead(
         }
         tracing::info!(identity = %lease.identity, lease = %lease.name, "leading: the controller runs on this replica");
         metrics.leader.set(1);
-        // A new term starts its grace periods and reports afresh.
+        // A new term starts its grace periods and reports afresh, from watches of its own.
         controller.orphans.clear();
         controller.reported.clear();
         controller.defaults_written = None;
+        let watched = Arc::new(watch::Watched::start(
+            &controller.kube,
+            &controller.cfg.event_stream,
+        ));
+        let listed = tokio::select! {
+            _ = shutdown.wait() => false,
+            _ = leader.changed() => false,
+            _ = watched.ready() => true,
+        };
+        controller.watched = listed.then(|| watched.clone());
         loop {
+            // The term ended (or the process is stopping) before the stores were listed.
+            if !listed {
+                break;
+            }
             // A pass is cut short when the lease is lost, so two replicas never act at once.
             let pass = tokio::select! {
                 _ = shutdown.wait() => None,
@@ -566,13 +600,26 @@ pub async fn lead(
                 report = controller.pass() => Some(report),
             };
             let Some(report) = pass else { break };
+            let last_pass = Instant::now();
             tracing::debug!(?report, "controller pass");
-            tokio::select! {
+            let woken = tokio::select! {
                 _ = shutdown.wait() => break,
                 _ = leader.changed() => break,
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(period) => false,
+                _ = watched.changed.notified() => true,
+            };
+            if woken {
+                // Let a burst of changes settle, and keep passes MIN_GAP apart.
+                let wait = CHANGE_DELAY.max(MIN_GAP.saturating_sub(last_pass.elapsed()));
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = leader.changed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
         }
+        controller.watched = None;
+        drop(watched);
         metrics.leader.set(0);
         // The lease manager's task holds the sender until we drop the receiver; if it is gone
         // anyway, nobody renews the lease, so stop rather than act without one.

@@ -1,7 +1,7 @@
-//! A scripted Kubernetes API with state, for the controller: the EventStream and its status
-//! subresource, cluster-wide lists of workloads and pods, Events, and Leases with the
-//! server-side-apply ownership rule kube-lease-manager relies on (an apply that would take
-//! `holderIdentity` from another holder is a 409 Conflict).
+//! A scripted Kubernetes API with state, for single controller passes: the EventStream and its
+//! status subresource, cluster-wide lists of workloads and pods (one of which can be made to
+//! fail, which a real apiserver cannot be made to do on demand), and Events. Leader election and
+//! watches run against a real kube-apiserver (tests/apiserver.rs).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,6 @@ pub struct State {
     /// List paths that answer 500.
     pub failing: Vec<String>,
     pub events: Vec<Value>,
-    pub leases: BTreeMap<String, Value>,
     pub status_patches: usize,
     version: u64,
 }
@@ -34,7 +33,6 @@ pub const EVENT_STREAM: &str = "/apis/herald.dev/v1alpha1/eventstreams/default";
 pub const PODS: &str = "/api/v1/pods";
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 pub const CRONJOBS: &str = "/apis/batch/v1/cronjobs";
-const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/herald-system/leases";
 
 impl FakeCluster {
     pub fn new() -> Self {
@@ -105,14 +103,6 @@ impl FakeCluster {
         self.state.lock().unwrap().events.clone()
     }
 
-    pub fn lease_holder(&self) -> Option<String> {
-        let s = self.state.lock().unwrap();
-        s.leases
-            .values()
-            .next()
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
-    }
-
     /// One replica's client.
     pub fn client(&self) -> MockApi {
         let state = self.state.clone();
@@ -173,49 +163,6 @@ fn handle(s: &mut State, r: &ApiRequest) -> (u16, Value) {
                     (200, e.clone())
                 }
                 None => not_found(p),
-            }
-        }
-        ("POST", LEASES) => {
-            let mut lease = r.json();
-            let name = lease["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if s.leases.contains_key(&name) {
-                return status(409, "AlreadyExists", "leases.coordination.k8s.io exists");
-            }
-            lease["metadata"]["resourceVersion"] = json!(version);
-            s.leases.insert(name, lease.clone());
-            (201, lease)
-        }
-        (method, p) if p.starts_with(LEASES) => {
-            let name = p.rsplit('/').next().unwrap_or_default().to_owned();
-            let Some(lease) = s.leases.get_mut(&name) else {
-                return not_found(p);
-            };
-            match method {
-                "GET" => (200, lease.clone()),
-                "PATCH" => {
-                    let mut patch = r.json();
-                    let holder = lease["spec"]["holderIdentity"].as_str();
-                    let wanted = patch["spec"]["holderIdentity"].as_str();
-                    // Server-side apply: the field belongs to whoever set it.
-                    if r.content_type == "application/apply-patch+yaml"
-                        && holder.is_some()
-                        && wanted.is_some()
-                        && holder != wanted
-                    {
-                        return status(
-                            409,
-                            "Conflict",
-                            "Apply failed with 1 conflict: conflict with another manager using coordination.k8s.io/v1: .spec.holderIdentity",
-                        );
-                    }
-                    merge(lease, &mut patch);
-                    lease["metadata"]["resourceVersion"] = json!(version);
-                    (200, lease.clone())
-                }
-                _ => status(405, "MethodNotAllowed", "not scripted"),
             }
         }
         _ => not_found(&path),

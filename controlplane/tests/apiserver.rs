@@ -1,0 +1,261 @@
+//! The controller against a real kube-apiserver (the Kubernetes test kit, `HERALD_TEST_K8S`)
+//! and a real nats-server: two replicas never lead together and hand the Lease over on shutdown
+//! (real Lease semantics, server-side apply conflicts included); and the leader sees changes
+//! through its watches within seconds, with the period set to an hour — an EventStream edit is
+//! reconciled, a pod that missed its sidecar is reported. Without the kit the tests say so and
+//! pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_controlplane::controller::crd::EventStream;
+use herald_controlplane::controller::metrics::{ControllerMetrics, PassLabels, PassResult};
+use herald_controlplane::controller::{self, ControllerConfig, LeaseConfig};
+use herald_runtime::shutdown::Shutdown;
+use herald_tests::kit::Apiserver;
+use herald_tests::{Nats, eventually};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt as _;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+fn config(identity: &str, period: Duration) -> ControllerConfig {
+    ControllerConfig {
+        event_stream: "default".into(),
+        stream: "HERALD".into(),
+        dlq_stream: "HERALD_DLQ".into(),
+        period,
+        orphan_grace: Duration::from_secs(3600),
+        lease: LeaseConfig {
+            duration: Duration::from_secs(3),
+            grace: Duration::from_secs(1),
+            ..LeaseConfig::new("herald-system".into(), identity.into())
+        },
+    }
+}
+
+fn passes(m: &ControllerMetrics) -> i64 {
+    [PassResult::Ok, PassResult::Error]
+        .into_iter()
+        .map(|result| m.passes.get_or_create(&PassLabels { result }).get() as i64)
+        .sum()
+}
+
+/// The CRD, the `herald-system` namespace and the EventStream `default`.
+async fn prepare(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &EventStream::crd())
+        .await
+        .expect("create the EventStream CRD");
+    namespace(client, "herald-system").await;
+    let streams: Api<EventStream> = Api::all(client.clone());
+    let es: EventStream = serde_json::from_value(json!({
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "EventStream",
+        "metadata": {"name": "default"},
+        "spec": {}
+    }))
+    .expect("an EventStream");
+    // The CRD takes a moment to be served.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match streams.create(&PostParams::default(), &es).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < until => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("create the EventStream: {e}"),
+        }
+    }
+}
+
+/// A namespace with its `default` ServiceAccount (no controller-manager makes it here).
+async fn namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create a namespace");
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create the default ServiceAccount");
+}
+
+struct Replica {
+    metrics: Arc<ControllerMetrics>,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), controller::ControllerError>>,
+}
+
+async fn replica(client: &kube::Client, nats: &Nats, identity: &str, period: Duration) -> Replica {
+    let metrics = Arc::new(ControllerMetrics::new(&mut Registry::default()));
+    let stop = Shutdown::new();
+    let broker = Arc::new(nats.broker().await);
+    let task = tokio::spawn(controller::lead(
+        client.clone(),
+        broker,
+        config(identity, period),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    Replica {
+        metrics,
+        stop,
+        task,
+    }
+}
+
+async fn holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "herald-system")
+        .get_opt("herald-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+#[tokio::test]
+async fn two_replicas_never_lead_together_and_hand_over_on_shutdown() {
+    let Some(api) = Apiserver::start("two_replicas_never_lead_together") else {
+        return;
+    };
+    let client = api.client().await;
+    prepare(&client).await;
+    let nats = Nats::start();
+    let a = replica(&client, &nats, "herald-a", Duration::from_millis(200)).await;
+    eventually(Duration::from_secs(20), "replica a leads", || {
+        let m = a.metrics.clone();
+        async move { m.leader.get() == 1 }
+    })
+    .await;
+    let b = replica(&client, &nats, "herald-b", Duration::from_millis(200)).await;
+    // Several lease renewals and passes of a later, b has still not acted.
+    let before = passes(&a.metrics);
+    eventually(Duration::from_secs(20), "a runs five more passes", || {
+        let m = a.metrics.clone();
+        async move { passes(&m) >= before + 5 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(b.metrics.leader.get(), 0);
+    assert_eq!(passes(&b.metrics), 0, "b acted while a led");
+    assert_eq!(holder(&client).await.as_deref(), Some("herald-a"));
+
+    // a shuts down and releases the lease; b takes over well before it would expire by
+    // itself, and a does nothing more.
+    a.stop.trigger();
+    a.task.await.unwrap().unwrap();
+    assert_eq!(a.metrics.leader.get(), 0);
+    let a_passes = passes(&a.metrics);
+    eventually(
+        Duration::from_secs(20),
+        "replica b leads and passes",
+        || {
+            let m = b.metrics.clone();
+            async move { m.leader.get() == 1 && passes(&m) > 0 }
+        },
+    )
+    .await;
+    assert_eq!(holder(&client).await.as_deref(), Some("herald-b"));
+    assert_eq!(passes(&a.metrics), a_passes);
+    b.stop.trigger();
+    b.task.await.unwrap().unwrap();
+    assert_eq!(holder(&client).await, None);
+}
+
+#[tokio::test]
+async fn the_leader_sees_changes_through_its_watches() {
+    let Some(api) = Apiserver::start("the_leader_sees_changes_through_its_watches") else {
+        return;
+    };
+    let client = api.client().await;
+    prepare(&client).await;
+    let nats = Nats::start();
+    // An hour between periodic passes: whatever happens within seconds comes from the watches.
+    let r = replica(&client, &nats, "herald-0", Duration::from_secs(3600)).await;
+    let streams: Api<EventStream> = Api::all(client.clone());
+    let observed = |generation: i64| {
+        let streams = streams.clone();
+        async move {
+            streams
+                .get("default")
+                .await
+                .ok()
+                .and_then(|e| e.status)
+                .and_then(|s| s.observed_generation)
+                == Some(generation)
+        }
+    };
+    eventually(Duration::from_secs(20), "the first pass reconciles", || {
+        observed(1)
+    })
+    .await;
+
+    // An EventStream edit.
+    streams
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxAge": "36h"}})),
+        )
+        .await
+        .expect("edit the EventStream");
+    eventually(Duration::from_secs(10), "the edit is reconciled", || {
+        observed(2)
+    })
+    .await;
+    let js = nats.jetstream().await;
+    let info = js
+        .get_stream("HERALD")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(36 * 3600));
+
+    // A pod that asked for the sidecar and has none (created as if the webhook were down).
+    namespace(&client, "shop").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stray", "annotations": {"herald.dev/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the pod");
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    eventually(
+        Duration::from_secs(10),
+        "the missed injection is reported",
+        || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| {
+                        l.items
+                            .iter()
+                            .any(|e| e.reason.as_deref() == Some("SidecarMissing"))
+                    })
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert_eq!(r.metrics.missed_injections.get(), 1);
+    r.stop.trigger();
+    r.task.await.unwrap().unwrap();
+}
