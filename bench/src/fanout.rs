@@ -41,7 +41,7 @@ pub struct FanoutArgs {
     /// Subscriptions per sidecar, each on a type of its own [default: 5]
     #[arg(long)]
     pub subscriptions: Option<String>,
-    /// Measured idle time [default: 60s: an idle subscription pulls once a minute]
+    /// Measured idle time [default: 120s: an idle subscription pulls once every two minutes]
     #[arg(long)]
     pub idle: Option<String>,
     /// Events per second in the loaded phase, over all types; 0 skips it [default: 1000]
@@ -85,7 +85,7 @@ impl Settings {
                 .unwrap_or(5),
             idle: r
                 .get("idle", &a.idle, &range)
-                .unwrap_or(Duration::from_secs(60)),
+                .unwrap_or(Duration::from_secs(120)),
             rate: r
                 .get("rate", &a.rate, |v| parse_count(v, 0, 1_000_000))
                 .unwrap_or(1000) as u64,

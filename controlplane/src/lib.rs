@@ -11,7 +11,8 @@
 //! - [`controller`]: the leader-elected pass: the `EventStream` resource ([`controller::crd`]),
 //!   both streams reconciled through the broker seam ([`controller::reconcile`]), what the
 //!   workloads subscribe to and which pods missed their sidecar ([`controller::inventory`], pure),
-//!   delivery defaults to the sidecars' bucket, orphan consumers, Events.
+//!   read through reflectors ([`controller::watch`]), delivery defaults to the sidecars' bucket,
+//!   orphan consumers, Events.
 //! - [`config`]: flags and `HERALD_*` variables; [`limits`]: every limit on what reaches the
 //!   control plane; [`app`]: wiring, readiness and the drain. Each half measures itself
 //!   ([`webhook::metrics`], [`controller::metrics`]).

@@ -4,10 +4,10 @@
 //! Each pull request has an inbox of its own, so it can be ended early: draining that
 //! subscription (UNSUB, then a PING) makes the server drop the request (it sends nothing to a
 //! request nobody listens to) while every event it had already sent still arrives, up to the PONG.
-//! That is what lets idle requests be long (one request a minute per idle subscription) and a
+//! That is what lets idle requests be long (one every two minutes per idle subscription) and a
 //! stopping sidecar end them at once without stranding an event. The server's idle heartbeats
-//! show that a long request is still alive: two missed ones end it (the server restarted, or the
-//! request was lost), and the engine asks again.
+//! show that a long request is still alive: two missed ones, or a reconnect (a restarted server
+//! forgot it), end it, and the engine asks again.
 
 use std::time::Duration;
 
@@ -114,13 +114,13 @@ struct Pull {
     connects: u64,
 }
 
-/// The idle heartbeat asked for a request that waits `wait`: a quarter of it, at most 15 s (the
+/// The idle heartbeat asked for a request that waits `wait`: a quarter of it, at most 30 s (the
 /// server refuses one over half the expiry); none for short requests, whose expiry says enough.
 fn heartbeat(wait: Duration) -> Duration {
     if wait < Duration::from_secs(4) {
         Duration::ZERO
     } else {
-        (wait / 4).min(Duration::from_secs(15))
+        (wait / 4).min(Duration::from_secs(30))
     }
 }
 

@@ -41,10 +41,10 @@ use crate::metrics::{
 use attempt::{AppClient, Endpoint};
 use deadletter::{Failure, Written};
 
-/// How long one pull request waits for events. Long, so an idle subscription costs the broker one
-/// request a minute: a stopping subscription cancels its open request
+/// How long one pull request waits for events. Long, so an idle subscription costs the broker a
+/// request every two minutes: a stopping subscription cancels its open request
 /// ([`herald_core::broker::Lease::cancel`]) rather than waiting for it to expire.
-const PULL_EXPIRES: Duration = Duration::from_secs(60);
+const PULL_EXPIRES: Duration = Duration::from_secs(120);
 /// How long an event handed back at shutdown waits before its redelivery. A hand-back can cross
 /// the cancellation of the open request on its way to the broker; with no delay the broker could
 /// lease the event straight back to that request, and each bounce would count as a delivery and
