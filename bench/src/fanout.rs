@@ -7,10 +7,11 @@
 //!   started it) and of the sidecars, and the JetStream API requests, pull requests included
 //!   (counted by a client subscribed to `$JS.API.>` in the same account, which the server sends
 //!   a copy of every request; the account's `api.total` leaves pull requests out);
-//! - **loaded** for `--duration` after `--warmup`, unless `--rate 0`: events published with raw
-//!   async-nats at `--rate` events/s in total, round robin over the N × M types (so each is
-//!   delivered once), each carrying the time it was due: the same CPU and API figures, the
-//!   delivery rate, and publish-to-app latency percentiles.
+//! - **loaded** for `--duration` after `--warmup`, unless `--rate 0`: events published at
+//!   `--rate` events/s in total, round robin over the N × M types (so each is delivered once),
+//!   each carrying the time it was due — with raw async-nats, or with `--publishers P` through
+//!   the publish API of the first P sidecars (binary mode, a keep-alive connection each): the
+//!   same CPU and API figures, the delivery rate, and due-to-app latency percentiles.
 //!
 //! Sidecar memory (RSS) is read from /proc after each phase. Events go to `HERALD_BENCH`, created
 //! empty and deleted at the end; the configuration bucket is created as the controller would.
@@ -53,6 +54,10 @@ pub struct FanoutArgs {
     /// Unmeasured time before each phase [default: 5s]
     #[arg(long)]
     pub warmup: Option<String>,
+    /// Publish through the HTTP API of this many of the sidecars instead of raw async-nats
+    /// [default: 0]
+    #[arg(long)]
+    pub publishers: Option<String>,
     /// nats-server binary to start when no --nats-url is given [default: nats-server]
     #[arg(long)]
     pub nats_server_bin: Option<String>,
@@ -66,6 +71,7 @@ struct Settings {
     rate: u64,
     duration: Duration,
     warmup: Duration,
+    publishers: usize,
     nats_server_bin: String,
 }
 
@@ -95,11 +101,20 @@ impl Settings {
             warmup: r
                 .get("warmup", &a.warmup, &range)
                 .unwrap_or(Duration::from_secs(5)),
+            publishers: r
+                .get("publishers", &a.publishers, |v| parse_count(v, 0, 1000))
+                .unwrap_or(0),
             nats_server_bin: r
                 .get("nats-server-bin", &a.nats_server_bin, |v| Ok(v.to_owned()))
                 .unwrap_or_else(|| "nats-server".into()),
         };
         r.finish()?;
+        if s.publishers > s.sidecars {
+            return Err(ConfigError(vec![format!(
+                "--publishers={}: at most --sidecars ({})",
+                s.publishers, s.sidecars
+            )]));
+        }
         Ok(s)
     }
 }
@@ -273,6 +288,65 @@ async fn publish_at(
     }
 }
 
+/// Publishes at `rate` events/s in total through the publish APIs at `apis` (worker k takes
+/// events k, k + P, …, each on one keep-alive connection), round robin over `types`, each event
+/// carrying when it was due; refused requests are counted in `errors`. Until aborted.
+async fn publish_through(
+    apis: Vec<std::net::SocketAddr>,
+    types: Arc<Vec<String>>,
+    rate: u64,
+    epoch: Instant,
+    run: String,
+    errors: Arc<AtomicU64>,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = Instant::now();
+    let workers = apis.len() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, addr) in apis.into_iter().enumerate() {
+        let (types, run, errors) = (types.clone(), run.clone(), errors.clone());
+        tasks.spawn(async move {
+            let Ok(mut conn) = crate::Target::Binary(addr).connect().await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut n = k as u64;
+            loop {
+                let due = start + period.mul_f64(n as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let ty = &types[(n % types.len() as u64) as usize];
+                let sent = due.duration_since(epoch).as_nanos().to_string();
+                let req = http::Request::post("/publish")
+                    .header(http::header::HOST, "127.0.0.1")
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", format!("{run}-{n}"))
+                    .header("ce-source", SOURCE)
+                    .header("ce-type", ty.as_str())
+                    .header(SENT_HEADER, sent)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        b"{\"fan\":true}",
+                    )));
+                let ok = match (&mut conn, req) {
+                    (crate::Conn::Http(send, _), Ok(req)) => match send.ready().await {
+                        Ok(()) => send
+                            .send_request(req)
+                            .await
+                            .is_ok_and(|r| r.status() == http::StatusCode::NO_CONTENT),
+                        Err(_) => false,
+                    },
+                    _ => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                n += workers;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 pub async fn run(args: FanoutArgs, env: &dyn Env) -> Result<(), BenchError> {
     let s = Settings::resolve(&args, env)?;
     let (embedded, url, js) = crate::bench_nats(&s.nats_url, &s.nats_server_bin).await?;
@@ -293,10 +367,21 @@ pub async fn run(args: FanoutArgs, env: &dyn Env) -> Result<(), BenchError> {
     let dir = tempfile::tempdir().map_err(|e| BenchError::Runtime(e.to_string()))?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     eprintln!(
-        "herald bench fanout: {} sidecars × {} subscriptions, idle {:?}, then {} events/s for {:?} after {:?}, NATS {url}",
-        s.sidecars, s.subscriptions, s.idle, s.rate, s.duration, s.warmup
+        "herald bench fanout: {} sidecars × {} subscriptions, idle {:?}, then {} events/s for {:?} after {:?} ({}), NATS {url}",
+        s.sidecars,
+        s.subscriptions,
+        s.idle,
+        s.rate,
+        s.duration,
+        s.warmup,
+        if s.publishers > 0 {
+            format!("through {} sidecars", s.publishers)
+        } else {
+            "raw async-nats".to_owned()
+        }
     );
     let mut sidecars = Vec::new();
+    let mut apis = Vec::new();
     let mut types = Vec::new();
     let started = Instant::now();
     for i in 0..s.sidecars {
@@ -309,8 +394,9 @@ pub async fn run(args: FanoutArgs, env: &dyn Env) -> Result<(), BenchError> {
             types.push(t);
         }
         let app_id = format!("fan{i}-{}", &run[..8]);
-        let (sidecar, _) = start_sidecar(&url, &app, &app_id, &yaml, dir.path()).await?;
+        let (sidecar, api) = start_sidecar(&url, &app, &app_id, &yaml, dir.path()).await?;
         sidecars.push(sidecar);
+        apis.push(api);
         eprint!("\r  started {}/{} sidecars", i + 1, s.sidecars);
     }
     eprintln!(" in {:.1?}", started.elapsed());
@@ -324,17 +410,35 @@ pub async fn run(args: FanoutArgs, env: &dyn Env) -> Result<(), BenchError> {
     let mut phases = vec![measure.phase("idle", s.idle, false).await?];
     if s.rate > 0 {
         let counter = Arc::new(AtomicU64::new(0));
-        let publisher = tokio::spawn(publish_at(
-            js.clone(),
-            Arc::new(types),
-            s.rate,
-            epoch,
-            run.clone(),
-            counter.clone(),
-        ));
+        let refused = Arc::new(AtomicU64::new(0));
+        let types = Arc::new(types);
+        let publisher = if s.publishers > 0 {
+            apis.truncate(s.publishers);
+            tokio::spawn(publish_through(
+                apis,
+                types,
+                s.rate,
+                epoch,
+                run.clone(),
+                refused.clone(),
+            ))
+        } else {
+            tokio::spawn(publish_at(
+                js.clone(),
+                types,
+                s.rate,
+                epoch,
+                run.clone(),
+                counter.clone(),
+            ))
+        };
         tokio::time::sleep(s.warmup).await;
         phases.push(measure.phase("loaded", s.duration, true).await?);
         publisher.abort();
+        let refused = refused.load(Ordering::Relaxed);
+        if refused > 0 {
+            eprintln!("  {refused} publishes through the sidecars were refused or failed");
+        }
     }
     drop(sidecars);
     let _ = js.delete_stream(crate::STREAM).await;
