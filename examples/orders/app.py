@@ -17,13 +17,20 @@ PORT = int(os.environ.get("PORT", "8080"))
 COUNT = int(os.environ.get("COUNT", "3"))
 
 
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class Deliveries(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         event_type = self.headers.get("ce-type")
         if event_type == "order.shipped.v1":
             shipment = json.loads(body)
-            print(f"orders: order {shipment['order']} shipped ({shipment['carrier']} {shipment['tracking']})", flush=True)
+            # One write per line: deliveries arrive concurrently (one thread each), and print()
+            # writes the text and its newline separately, so two lines could run together.
+            say(f"orders: order {shipment['order']} shipped ({shipment['carrier']} {shipment['tracking']})")
         # 2xx acknowledges; 5xx, 404, 408, 409 and 429 are retried; other 4xx dead-letter.
         self.send_response(204)
         self.end_headers()

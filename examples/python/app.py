@@ -26,11 +26,13 @@ class Deliveries(BaseHTTPRequestHandler):
         else:
             attrs = {k.lower()[3:]: v for k, v in self.headers.items() if k.lower().startswith("ce-")}
             data = body.decode("utf-8", errors="replace")
-        print(
+        # One write per line: deliveries may arrive concurrently (one thread each), and print()
+        # writes the text and its newline separately, so two lines could run together.
+        sys.stdout.write(
             f"received {attrs.get('type')} id={attrs.get('id')} source={attrs.get('source')}"
-            f" attempt={self.headers.get('herald-delivery-attempt')}: {data}",
-            flush=True,
+            f" attempt={self.headers.get('herald-delivery-attempt')}: {data}\n"
         )
+        sys.stdout.flush()
         # Any 2xx acknowledges; 5xx, 404, 408, 409 and 429 are retried; other 4xx dead-letter.
         self.send_response(204)
         self.end_headers()
