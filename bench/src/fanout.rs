@@ -358,7 +358,7 @@ pub async fn run(args: FanoutArgs, env: &dyn Env) -> Result<(), BenchError> {
             Duration::from_secs(5),
             crate::STREAM,
         )
-        .ensure_bucket(herald_core::defaults::BUCKET)
+        .ensure_bucket(herald_core::defaults::BUCKET, 1)
         .await
         .map_err(|e| BenchError::Runtime(format!("the configuration bucket: {e}")))?;
     }

@@ -242,8 +242,14 @@ pub trait KeyWatch: Send {
 
 /// The configuration bucket.
 pub trait ConfigStore: Send + Sync {
-    /// Creates the bucket when it is missing.
-    fn ensure_bucket(&self, bucket: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Creates the bucket when it is missing, stored on `replicas` servers (1 outside a
+    /// JetStream cluster); an existing bucket is brought to `replicas`, so it survives a server
+    /// loss as well as the event stream beside it does.
+    fn ensure_bucket(
+        &self,
+        bucket: &str,
+        replicas: usize,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
     fn put(&self, bucket: &str, key: &str, value: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Deletes `key`; watchers see `None`.
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<(), BrokerError>>;

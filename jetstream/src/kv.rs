@@ -30,10 +30,17 @@ impl JetStream {
 }
 
 impl ConfigStore for JetStream {
-    fn ensure_bucket(&self, bucket: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn ensure_bucket(
+        &self,
+        bucket: &str,
+        replicas: usize,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
         let bucket = bucket.to_owned();
         Box::pin(async move {
-            self.js
+            let fail =
+                |e: &dyn std::fmt::Display| other(format!("cannot create bucket {bucket}: {e}"));
+            let mut stream = self
+                .js
                 .get_or_create_stream(stream::Config {
                     name: format!("KV_{bucket}"),
                     description: Some(
@@ -45,12 +52,27 @@ impl ConfigStore for JetStream {
                     deny_delete: true,
                     allow_direct: true,
                     discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
-                .map(|_| ())
-                .map_err(|e| other(format!("cannot create bucket {bucket}: {e}")))
+                .map_err(|e| fail(&e))?;
+            // A bucket made before the event stream was replicated (or by an older herald, which
+            // always made one replica) is scaled with it; JetStream moves the data itself.
+            let info = stream.info().await.map_err(|e| fail(&e))?;
+            if info.config.num_replicas != replicas {
+                let config = stream::Config {
+                    num_replicas: replicas,
+                    ..info.config.clone()
+                };
+                self.js.update_stream(config).await.map_err(|e| {
+                    other(format!(
+                        "cannot change bucket {bucket} from {} to {replicas} replicas: {e}",
+                        info.config.num_replicas
+                    ))
+                })?;
+            }
+            Ok(())
         })
     }
 

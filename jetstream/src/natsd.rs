@@ -1,7 +1,8 @@
 //! A throwaway `nats-server -js` child process: `herald dev`'s embedded default and the test
 //! harness's real server. Random port (learned race-free from the server's ports file), temporary
 //! store, killed and cleaned up on drop. It can be restarted on the same port and store, which is
-//! how tests simulate a NATS outage.
+//! how tests simulate a NATS outage. [`NatsCluster`]: several such servers joined by routes into
+//! one JetStream cluster on loopback, for the failover tests and `herald bench failover`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -150,6 +151,73 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A JetStream cluster of [`NatsServer`]s on loopback, joined by routes, each killable and
+/// restartable on its ports. Node `i` is named `n{i+1}` (`server_name`).
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    // The nodes' configuration files.
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// `n` servers. Client ports are random (from each server's ports file); route ports are
+    /// picked free just before the start, since every server must be given the others' routes up
+    /// front (nats-server refuses a JetStream cluster without them).
+    pub fn start(bin: &Path, n: usize) -> Result<Self, NatsdError> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-nats-cluster-")
+            .tempdir()?;
+        let route_ports = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+            })
+            .collect::<Result<Vec<u16>, _>>()?;
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::with_capacity(n);
+        for (i, port) in route_ports.iter().enumerate() {
+            let config = dir.path().join(format!("n{}.conf", i + 1));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{}\ncluster {{\n  name: herald\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n",
+                    i + 1
+                ),
+            )?;
+            nodes.push(NatsServer::start(&NatsServerOptions {
+                bin: bin.to_owned(),
+                port: None,
+                store_dir: None,
+                config: Some(config),
+            })?);
+        }
+        Ok(NatsCluster { nodes, _dir: dir })
+    }
+
+    /// Every node's URL, comma-separated, as `--nats-url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node a server name (`n2`) stands for.
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        server_name
+            .strip_prefix('n')
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| i.checked_sub(1))
+            .filter(|i| *i < self.nodes.len())
     }
 }
 

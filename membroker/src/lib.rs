@@ -674,7 +674,11 @@ fn stream_state(s: &MemStream) -> StreamState {
 }
 
 impl ConfigStore for MemBroker {
-    fn ensure_bucket(&self, bucket: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn ensure_bucket(
+        &self,
+        bucket: &str,
+        _replicas: usize,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
         let bucket = bucket.to_owned();
         Box::pin(async move {
             self.disconnected()?;
@@ -865,7 +869,7 @@ mod tests {
             b.watch("B", "k").await.err(),
             Some(BrokerError::NotFound(_))
         ));
-        b.ensure_bucket("B").await.unwrap();
+        b.ensure_bucket("B", 1).await.unwrap();
         let mut w = b.watch("B", "k").await.unwrap();
         assert_eq!(w.next().await.unwrap().unwrap(), None);
         b.put("B", "k", Bytes::from_static(b"v")).await.unwrap();

@@ -19,7 +19,7 @@ use async_nats::jetstream::{self, message::StreamMessage};
 use herald_core::broker::Admin as _;
 use herald_core::policy::StreamPolicy;
 use herald_jetstream::JetStream;
-use herald_jetstream::natsd::{NatsServer, NatsServerOptions, find_binary};
+use herald_jetstream::natsd::{self, NatsServer, NatsServerOptions, find_binary};
 
 pub mod kit;
 pub mod sink;
@@ -90,75 +90,33 @@ impl Nats {
     }
 }
 
-/// A JetStream cluster of real nats-servers on loopback, joined by routes.
-pub struct NatsCluster {
-    pub nodes: Vec<NatsServer>,
-    _dir: tempfile::TempDir,
+/// A JetStream cluster of real nats-servers on loopback, joined by routes (herald's own
+/// [`natsd::NatsCluster`], which `herald bench failover` runs too).
+pub struct NatsCluster(pub natsd::NatsCluster);
+
+impl std::ops::Deref for NatsCluster {
+    type Target = natsd::NatsCluster;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NatsCluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl NatsCluster {
-    /// `n` servers named `n1`…`nN`. Client ports are random (from each server's ports file);
-    /// route ports are picked free just before the start, since every server must be given the
-    /// others' routes up front (nats-server refuses a JetStream cluster without them).
+    /// `n` servers named `n1`…`nN`.
     pub fn start(n: usize) -> Self {
         let name =
             std::env::var("HERALD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let bin = find_binary(&name).unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let route_ports: Vec<u16> = (0..n)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
-            .collect();
-        let routes = route_ports
-            .iter()
-            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let nodes = route_ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let config = dir.path().join(format!("n{}.conf", i + 1));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "server_name: n{}\ncluster {{\n  name: herald-test\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n",
-                        i + 1
-                    ),
-                )
-                .expect("write the node's configuration");
-                NatsServer::start(&NatsServerOptions {
-                    bin: bin.clone(),
-                    port: None,
-                    store_dir: None,
-                    config: Some(config),
-                })
-                .unwrap_or_else(|e| panic!("starting cluster node n{}: {e}", i + 1))
-            })
-            .collect();
-        NatsCluster { nodes, _dir: dir }
-    }
-
-    /// Every node's URL, comma-separated, as `--nats-url` takes them.
-    pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| n.url().to_owned())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The node a server name (`n2`) stands for.
-    pub fn index_of(&self, server_name: &str) -> Option<usize> {
-        server_name
-            .strip_prefix('n')
-            .and_then(|i| i.parse::<usize>().ok())
-            .and_then(|i| i.checked_sub(1))
-            .filter(|i| *i < self.nodes.len())
+        NatsCluster(
+            natsd::NatsCluster::start(&bin, n)
+                .unwrap_or_else(|e| panic!("starting a {n}-node cluster: {e}")),
+        )
     }
 
     /// A JetStream context through every node (the client fails over between them).

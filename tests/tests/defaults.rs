@@ -33,7 +33,7 @@ async fn cluster_defaults_apply_at_start_and_while_running_and_the_pod_wins() {
     let nats = Nats::start();
     let js = nats.create_streams().await;
     let broker = nats.broker().await;
-    broker.ensure_bucket(BUCKET).await.unwrap();
+    broker.ensure_bucket(BUCKET, 1).await.unwrap();
     broker
         .put(
             BUCKET,

@@ -20,7 +20,7 @@ async fn an_idle_sidecar_makes_at_most_two_requests_per_subscription_a_minute() 
     let nats = Nats::start();
     nats.create_streams().await;
     // As in a cluster: the controller's configuration bucket exists.
-    nats.broker().await.ensure_bucket(BUCKET).await.unwrap();
+    nats.broker().await.ensure_bucket(BUCKET, 1).await.unwrap();
     let sink = Sink::start().await;
     let types = (0..SUBS)
         .map(|i| format!("idle{i}.v1"))

@@ -204,3 +204,101 @@ async fn the_stream_leader_killed_loses_no_acknowledged_event() {
 async fn the_consumer_leader_killed_loses_no_acknowledged_event() {
     survive(Victim::Consumer).await;
 }
+
+/// The configuration bucket is replicated like the events (the controller passes the
+/// EventStream's replicas): an R1 bucket made by an older herald is scaled to R3, and with the
+/// node leading it SIGKILLed a watcher still sees the next value written.
+#[tokio::test]
+async fn the_configuration_bucket_is_replicated_and_survives_its_leader() {
+    use herald_tests::herald_core::broker::ConfigStore as _;
+    use herald_tests::herald_core::defaults::BUCKET;
+    let mut cluster = NatsCluster::start(3);
+    let js = cluster.jetstream().await;
+    let broker = herald_tests::herald_jetstream::JetStream::new(
+        js.client().clone(),
+        Duration::from_secs(5),
+        "HERALD",
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    // As an older herald made it, once the cluster has a meta leader.
+    while let Err(e) = broker.ensure_bucket(BUCKET, 1).await {
+        assert!(std::time::Instant::now() < until, "bucket: {e}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    broker.ensure_bucket(BUCKET, 3).await.expect("scaled to R3");
+    let kv_stream = format!("KV_{BUCKET}");
+    let mut info = js
+        .get_stream(&kv_stream)
+        .await
+        .expect("the bucket's stream");
+    let replicas = info.info().await.expect("info").config.num_replicas;
+    assert_eq!(replicas, 3, "the bucket's replicas");
+    // While JetStream places the new replicas the bucket's subjects can be briefly unserved
+    // ("no stream found"); writers retry, as the controller does on its next pass.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = broker
+        .put(BUCKET, "k", bytes::Bytes::from_static(b"one"))
+        .await
+    {
+        assert!(std::time::Instant::now() < until, "put after scaling: {e}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut watch = broker.watch(BUCKET, "k").await.expect("watch");
+    let first = watch.next().await.expect("a value").expect("no error");
+    assert_eq!(first.as_deref(), Some(&b"one"[..]));
+
+    // Every replica has the value before the leader goes (a lagging follower could be elected
+    // otherwise and the test would measure that, not the replication).
+    eventually(Duration::from_secs(10), "replicas current", || {
+        let js = js.clone();
+        let kv_stream = kv_stream.clone();
+        async move {
+            let mut s = js.get_stream(&kv_stream).await.expect("stream");
+            let info = s.info().await.expect("info");
+            info.cluster
+                .as_ref()
+                .map(|c| c.replicas.iter().all(|r| r.current))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let leader = info
+        .info()
+        .await
+        .expect("info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a leader");
+    let victim = cluster.index_of(&leader).expect("a node");
+    cluster.nodes[victim].kill();
+    // A new leader takes the write; the watcher (its client fails over) sees it.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = broker
+        .put(BUCKET, "k", bytes::Bytes::from_static(b"two"))
+        .await
+    {
+        assert!(std::time::Instant::now() < until, "put after the kill: {e}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // After failing over, the watch may hand the current value again before the new one, or
+    // end with an error (nats-server 2.15: "missed idle heartbeat"); the sidecars then watch
+    // again, and so does this.
+    let saw_two = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(Some(v))) if &v[..] == b"two" => return,
+                Some(Ok(Some(v))) if &v[..] == b"one" => continue,
+                Some(Ok(other)) => panic!("unexpected value {other:?}"),
+                Some(Err(_)) | None => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if let Ok(w) = broker.watch(BUCKET, "k").await {
+                        watch = w;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(saw_two.is_ok(), "the watcher did not see the write within 30 s");
+}

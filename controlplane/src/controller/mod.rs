@@ -303,7 +303,9 @@ impl Controller {
             return;
         }
         let write = async {
-            self.broker.ensure_bucket(BUCKET).await?;
+            // As replicated as the events: a server lost must not take the sidecars' settings.
+            let replicas = usize::from(es.spec.replicas.clamp(1, 5));
+            self.broker.ensure_bucket(BUCKET, replicas).await?;
             self.broker
                 .put(BUCKET, DELIVERY_KEY, value.clone().into())
                 .await

@@ -109,7 +109,7 @@ mod tests {
         // No bucket (no controller): the built-in defaults, then retried.
         rx.wait_for(Option::is_some).await.unwrap();
         assert_eq!(*rx.borrow_and_update(), Some(Defaults::default()));
-        broker.ensure_bucket(BUCKET).await.unwrap();
+        broker.ensure_bucket(BUCKET, 1).await.unwrap();
         broker
             .put(
                 BUCKET,
