@@ -154,16 +154,27 @@ impl Settings {
     }
 }
 
-/// The app: answers 204, counts deliveries and records end-to-end latency.
+/// The app: answers 204, counts deliveries and records end-to-end latency; when started with
+/// [`App::start_recording`], also every delivery's `ce-id` and arrival (since the epoch), for
+/// the failover bench's loss and duplicate counts.
 pub(crate) struct App {
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     received: Arc<AtomicU64>,
     epoch: Instant,
     pub(crate) latency: Mutex<Histogram<u64>>,
+    pub(crate) arrivals: Option<Mutex<Vec<(Duration, String)>>>,
 }
 
 impl App {
     pub(crate) async fn start(epoch: Instant) -> Result<Arc<App>, BenchError> {
+        Self::serve(epoch, false).await
+    }
+
+    pub(crate) async fn start_recording(epoch: Instant) -> Result<Arc<App>, BenchError> {
+        Self::serve(epoch, true).await
+    }
+
+    async fn serve(epoch: Instant, record: bool) -> Result<Arc<App>, BenchError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| BenchError::Runtime(format!("cannot start the bench app: {e}")))?;
@@ -175,6 +186,7 @@ impl App {
             received: Arc::new(AtomicU64::new(0)),
             epoch,
             latency: Mutex::new(new_hist()),
+            arrivals: record.then(|| Mutex::new(Vec::new())),
         });
         let this = app.clone();
         tokio::spawn(async move {
@@ -204,6 +216,17 @@ impl App {
             .get(SENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if let Some(arrivals) = &self.arrivals {
+            let id = req
+                .headers()
+                .get("ce-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if let Ok(mut a) = arrivals.lock() {
+                a.push((self.epoch.elapsed(), id));
+            }
+        }
         let _ = req.into_body().collect().await;
         if let Some(sent) = sent {
             let now = self.epoch.elapsed().as_nanos() as u64;
@@ -512,10 +535,11 @@ pub(crate) async fn start_sidecar(
 ) -> Result<(SidecarProcess, SocketAddr), BenchError> {
     let file = dir.join(format!("{app_id}.annotations"));
     let quoted = serde_json::to_string(yaml).map_err(|e| BenchError::Runtime(e.to_string()))?;
-    let text = format!(
-        "herald.dev/app-port=\"{}\"\nherald.dev/subscriptions={quoted}\n",
-        app.addr.port()
-    );
+    let mut text = format!("herald.dev/app-port=\"{}\"\n", app.addr.port());
+    // No subscriptions (a publisher only): no annotation, as an empty list is refused.
+    if !yaml.is_empty() {
+        text.push_str(&format!("herald.dev/subscriptions={quoted}\n"));
+    }
     std::fs::write(&file, text).map_err(|e| BenchError::Runtime(e.to_string()))?;
     let (listen, admin) = (free_addr()?, free_addr()?);
     // HERALD_BENCH_SIDECAR_BIN: another build's sidecar (a before-and-after comparison in one

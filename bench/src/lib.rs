@@ -1,6 +1,6 @@
 //! `herald bench`: measurements of the `herald` binary against raw async-nats in the same run.
 //! `herald bench publish` (here), `herald bench deliver` ([`deliver`]), `herald bench fanout`
-//! ([`fanout`]) and `herald bench slow-clients` ([`slow`]). Tooling, not production code: the sidecar library does
+//! ([`fanout`]), `herald bench failover` ([`failover`]) and `herald bench slow-clients` ([`slow`]). Tooling, not production code: the sidecar library does
 //! not depend on it; the `herald` binary links it for the subcommand.
 //!
 //! `herald bench publish`: one run that measures publishing through the sidecar and directly with
@@ -32,6 +32,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 pub mod deliver;
+pub mod failover;
 pub mod fanout;
 pub mod slow;
 
@@ -521,13 +522,7 @@ async fn bench_nats(
         .await
         .map_err(|e| BenchError::Runtime(format!("cannot connect to {url}: {e}")))?;
     let js = jetstream::new(client);
-    let policy = StreamPolicy {
-        subjects: vec![format!(
-            "{}.>",
-            event_subject(SOURCE, "x").trim_end_matches(".x")
-        )],
-        ..StreamPolicy::dev_events(STREAM)
-    };
+    let policy = bench_stream();
     // A stream left by an interrupted run would hold old events.
     let _ = js.delete_stream(STREAM).await;
     herald_jetstream::JetStream::new(js.client().clone(), Duration::from_secs(5), STREAM)
@@ -535,6 +530,17 @@ async fn bench_nats(
         .await
         .map_err(|e| BenchError::Runtime(e.to_string()))?;
     Ok((embedded, url, js))
+}
+
+/// The bench stream: subjects of the bench source only, herald's development policy.
+fn bench_stream() -> StreamPolicy {
+    StreamPolicy {
+        subjects: vec![format!(
+            "{}.>",
+            event_subject(SOURCE, "x").trim_end_matches(".x")
+        )],
+        ..StreamPolicy::dev_events(STREAM)
+    }
 }
 
 /// Makes the bench stream interest-retention and gives it `n` durable pull consumers: the first

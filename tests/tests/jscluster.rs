@@ -300,5 +300,62 @@ async fn the_configuration_bucket_is_replicated_and_survives_its_leader() {
         }
     })
     .await;
-    assert!(saw_two.is_ok(), "the watcher did not see the write within 30 s");
+    assert!(
+        saw_two.is_ok(),
+        "the watcher did not see the write within 30 s"
+    );
+}
+
+/// `herald bench failover`, the operator's version of the tests above, runs to the end and
+/// finds every acknowledged event delivered (it exits non-zero when one is missing).
+#[test]
+fn herald_bench_failover_runs_and_accounts_for_every_event() {
+    let bin = std::env::var("HERALD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let out = herald_tests::herald_output(
+        &[
+            "bench",
+            "failover",
+            "--nats-server-bin",
+            &bin,
+            "--kill",
+            "stream",
+            "--rate",
+            "100",
+            "--steady",
+            "2s",
+            "--down",
+            "3s",
+            "--drain",
+            "10s",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("the stream leader"), "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| stream leader |"))
+        .unwrap_or_else(|| panic!("no kill row in:\n{stdout}"));
+    assert!(
+        !row.contains("never"),
+        "publishing or delivery never resumed: {row}"
+    );
+    // The totals row: acknowledged first, never delivered last.
+    let totals: Vec<&str> = stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let acknowledged: usize = totals[0].parse().expect("acknowledged count");
+    assert!(acknowledged > 300, "too few events got through: {stdout}");
+    assert_eq!(
+        totals.last(),
+        Some(&"0"),
+        "acknowledged, never delivered: {stdout}"
+    );
 }

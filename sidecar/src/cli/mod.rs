@@ -81,6 +81,9 @@ pub enum BenchCommand {
     /// Many sidecars × many subscriptions: idle and loaded cost (CPU, JetStream API requests,
     /// memory), delivery rate and latency.
     Fanout(herald_bench::fanout::FanoutArgs),
+    /// A JetStream cluster of its own loses a leader under load: resume times, refusals, and
+    /// whether every acknowledged event was delivered.
+    Failover(herald_bench::failover::FailoverArgs),
     /// Memory and service of a sidecar holding connections that never finish a request.
     SlowClients(herald_bench::slow::SlowArgs),
 }
@@ -188,6 +191,7 @@ pub async fn run(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
                 BenchCommand::Publish(args) => herald_bench::run(args, env).await?,
                 BenchCommand::Deliver(args) => herald_bench::deliver::run(args, env).await?,
                 BenchCommand::Fanout(args) => herald_bench::fanout::run(args, env).await?,
+                BenchCommand::Failover(args) => herald_bench::failover::run(args, env).await?,
                 BenchCommand::SlowClients(args) => herald_bench::slow::run(args, env).await?,
             }
             Ok(0)
