@@ -7,7 +7,10 @@
 //! That is what lets idle requests be long (one every two minutes per idle subscription) and a
 //! stopping sidecar end them at once without stranding an event. The server's idle heartbeats
 //! show that a long request is still alive: two missed ones, or a reconnect (a restarted server
-//! forgot it), end it, and the engine asks again.
+//! forgot it), end it, and the engine asks again. On a JetStream cluster a request lives on the
+//! consumer's leader; when that server dies the client may stay connected to another one and
+//! hear nothing. So each lease also listens for JetStream's advisory that its consumer elected a
+//! leader, and asks the new leader at once instead of after two missed heartbeats (a minute).
 
 use std::time::Duration;
 
@@ -77,12 +80,23 @@ impl Consumers for JetStream {
         Box::pin(async move {
             let s = self.get_stream(&stream).await?;
             let consumer = ensure(&s, &spec).await?;
+            // Without the permission to subscribe to advisories the server refuses this
+            // silently; the lease then falls back on the heartbeats.
+            let elected = self
+                .client
+                .subscribe(format!(
+                    "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{}",
+                    spec.name
+                ))
+                .await
+                .ok();
             Ok(Box::new(JsLease {
                 client: self.client.clone(),
                 context: self.js.clone(),
                 stream: s,
                 consumer,
                 open: None,
+                elected,
             }) as Box<dyn Lease>)
         })
     }
@@ -96,6 +110,22 @@ struct JsLease {
     /// The pull request in progress, if any. It belongs to the connection, not to the consumer
     /// handle, so it stays open when the consumer is updated.
     open: Option<Pull>,
+    /// JetStream's advisories that the consumer elected a leader (a cluster lost the old one).
+    elected: Option<Subscriber>,
+}
+
+/// The next leader election of the consumer; never, without the advisory subscription.
+async fn elected(sub: &mut Option<Subscriber>) {
+    match sub {
+        Some(s) => {
+            if s.next().await.is_none() {
+                // The subscription ended (the client is closing): stop listening.
+                *sub = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// An open pull request on an inbox of its own.
@@ -140,6 +170,10 @@ impl JsLease {
 impl Lease for JsLease {
     fn request(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
+            // An election before this request concerns none of it.
+            if let Some(sub) = self.elected.as_mut() {
+                while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {}
+            }
             let inbox = self.client.new_inbox();
             let sub = self.client.subscribe(inbox.clone()).await.map_err(other)?;
             let idle_heartbeat = heartbeat(wait);
@@ -182,7 +216,24 @@ impl Lease for JsLease {
                 // Woken every few seconds to notice a reconnect: a restarted server forgot the
                 // request, and waiting for the missed heartbeats would idle the subscription.
                 let wake = deadline.min(Instant::now() + CONNECTION_CHECK);
-                let msg = match tokio::time::timeout_at(wake, pull.sub.next()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(wake, pull.sub.next()) => Some(next),
+                    () = elected(&mut self.elected), if !pull.cancelled => None,
+                };
+                let Some(next) = next else {
+                    // The request lived on the old leader, which is likely gone; what it sent
+                    // still arrives while the inbox drains, then the engine asks the new one.
+                    tracing::debug!(
+                        "the consumer elected a leader: ending the pull request, asking again"
+                    );
+                    pull.cancelled = true;
+                    if pull.sub.drain().await.is_err() {
+                        self.open = None;
+                        return None;
+                    }
+                    continue;
+                };
+                let msg = match next {
                     Ok(Some(msg)) => msg,
                     Err(_) if Instant::now() < deadline => {
                         let connects = self.client.statistics().connects.load(Relaxed);

@@ -133,6 +133,26 @@ async fn survive(victim: Victim) {
     )
     .await;
     let recovered = killed.elapsed();
+    // Deliveries resume with the node still down: the subscriber asks the new leader (told by
+    // JetStream's leader-election advisory) rather than waiting for the dead one's heartbeats
+    // (a minute) or for the node's return.
+    let sent_after_kill: HashSet<String> = acked.lock().await[before_kill + 25..]
+        .iter()
+        .cloned()
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "an event published after the kill delivered with the node still down",
+        || {
+            let got = sink.received().iter().any(|r| {
+                r.header("ce-id")
+                    .is_some_and(|id| sent_after_kill.contains(id))
+            });
+            async move { got }
+        },
+    )
+    .await;
+    let resumed = killed.elapsed();
     cluster.nodes[victim_node]
         .restart()
         .expect("restart the killed node");
@@ -179,7 +199,7 @@ async fn survive(victim: Victim) {
     );
     let deliveries = sink.received().len();
     eprintln!(
-        "{} killed: publishes taken again {recovered:.1?} after the kill; {} acknowledged, {} refused while failing over, {} deliveries, {} duplicates; refusals: {:?}",
+        "{} killed: publishes taken again {recovered:.1?} after the kill, deliveries by {resumed:.1?}; {} acknowledged, {} refused while failing over, {} deliveries, {} duplicates; refusals: {:?}",
         match victim {
             Victim::Stream => "stream leader",
             Victim::Consumer => "consumer leader",
