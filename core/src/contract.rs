@@ -345,6 +345,47 @@ pub fn parse_with(
     })
 }
 
+/// Subscriptions given apart from a pod's annotations (herald's `Subscription` resources, which
+/// the controller distributes through the configuration bucket): a list of entries in the form of
+/// `herald.dev/subscriptions` (YAML, or JSON, which is YAML), over the cluster's delivery
+/// defaults. The controller validates a resource with this and the sidecar reads the bucket with
+/// it, so both hold one contract. Each rule names the entry and the field.
+pub fn parse_entries(text: &str, cluster: &Defaults) -> Result<Vec<Subscription>, Vec<String>> {
+    if text.len() > limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES {
+        return Err(vec![format!(
+            "the subscriptions are {} bytes long; the limit is {}",
+            text.len(),
+            limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES
+        )]);
+    }
+    let mut defaults = Subscription {
+        max_in_flight: cluster.max_in_flight,
+        attempt_timeout: cluster.attempt_timeout,
+        ..Subscription::new(
+            TypeFilter::parse(">").unwrap_or_else(|_| unreachable!("`>` is a valid filter")),
+        )
+    };
+    defaults.retry.max_attempts = cluster.max_attempts;
+    defaults.retry.local_backoff = cluster.local_backoff;
+    let subs = parse_yaml(text, &defaults)?;
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<String> = subs
+        .iter()
+        .filter(|s| !seen.insert(s.filter.to_string()))
+        .map(|s| {
+            format!(
+                "filter `{}` is listed twice (one subscription per filter)",
+                s.filter
+            )
+        })
+        .collect();
+    if twice.is_empty() {
+        Ok(subs)
+    } else {
+        Err(twice)
+    }
+}
+
 /// The size limit of an annotation's value.
 fn max_bytes(key: &str) -> usize {
     match key {
@@ -632,6 +673,31 @@ fn unquote(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_given_apart_from_annotations_use_the_same_rules() {
+        let cluster = Defaults {
+            max_in_flight: 7,
+            ..Defaults::default()
+        };
+        let subs = parse_entries(
+            r#"[{"type": "order.*.v1", "source": "shop", "filters": [{"sql": "amount > 10"}]}]"#,
+            &cluster,
+        )
+        .unwrap();
+        assert_eq!(subs[0].filter.to_string(), "shop/order.*.v1");
+        assert_eq!(subs[0].max_in_flight, 7);
+        assert_eq!(subs[0].filters.len(), 1);
+        let err = parse_entries(r#"[{"type": "a.v1", "maxInFlight": 0}]"#, &cluster).unwrap_err();
+        assert!(
+            err[0].contains("entry 1") && err[0].contains("maxInFlight"),
+            "{err:?}"
+        );
+        let err = parse_entries(r#"[{"type": "a.v1"}, {"type": "a.v1"}]"#, &cluster).unwrap_err();
+        assert!(err[0].contains("listed twice"), "{err:?}");
+        let big = format!("[{}]", vec![r#"{"type":"a.v1"}"#; 20_000].join(","));
+        assert!(parse_entries(&big, &cluster).unwrap_err()[0].contains("limit"));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

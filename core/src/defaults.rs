@@ -29,6 +29,32 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BUCKET: &str = "HERALD_CONFIG";
 pub const DELIVERY_KEY: &str = "delivery";
+/// The first token of the keys holding an app's resource subscriptions.
+pub const SUBSCRIPTIONS_KEY_PREFIX: &str = "subscriptions";
+
+/// The key of the bucket where the controller puts the subscriptions that resources give the app
+/// `app_id` in `namespace` (a JSON list in the form of `herald.dev/subscriptions`), which the
+/// app's sidecars follow: `subscriptions.<namespace>.<app id>`, each name with the bytes a key may
+/// not hold (`[-_a-zA-Z0-9]` are kept) written `=XX`, so no app id can reach another's key.
+pub fn subscriptions_key(namespace: &str, app_id: &str) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::from(SUBSCRIPTIONS_KEY_PREFIX);
+    for part in [namespace, app_id] {
+        key.push('.');
+        if part.is_empty() {
+            key.push('=');
+        }
+        for &b in part.as_bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                key.push(b as char);
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(key, "={b:02X}");
+            }
+        }
+    }
+    key
+}
 
 /// The delivery defaults a subscription starts from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,6 +139,24 @@ impl Defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscription_keys_are_valid_bucket_keys_and_never_collide() {
+        assert_eq!(
+            subscriptions_key("shop", "orders"),
+            "subscriptions.shop.orders"
+        );
+        let hostile = subscriptions_key("shop", "a.b>*/~ é");
+        assert!(
+            hostile
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b)),
+            "{hostile}"
+        );
+        assert_eq!(hostile.matches('.').count(), 2, "{hostile}");
+        assert_ne!(subscriptions_key("a", "b.c"), subscriptions_key("a.b", "c"));
+        assert_ne!(subscriptions_key("a", ""), subscriptions_key("a", "=3D"));
+    }
 
     #[test]
     fn values_replace_built_in_defaults_and_bad_ones_name_their_field() {

@@ -1,5 +1,6 @@
-//! Following the cluster's delivery defaults ([`herald_core::defaults`]) in the configuration
-//! bucket, through the broker seam, so a change reaches running subscriptions without a restart.
+//! Following the configuration bucket through the broker seam, so a change reaches running
+//! subscriptions without a restart: the cluster's delivery defaults ([`herald_core::defaults`])
+//! and the app's resource subscriptions, which the controller distributes ([`follow_resources`]).
 
 use std::time::Duration;
 
@@ -15,32 +16,27 @@ use tokio::sync::watch;
 const RETRY: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(120);
 
-/// Follows the key until `shutdown`. `tx` holds `None` until the first answer: the current
-/// value, or the built-in defaults when the bucket or key does not exist (no controller, as
-/// under `herald dev`) or the broker cannot be asked; then each change. A value that does not
-/// validate is logged with its field and ignored, so the last good defaults stay.
-pub async fn follow(
+/// Follows `key` of the configuration bucket until `shutdown`: `on_value` gets the current value
+/// and then each change (`None`: absent or deleted); `on_missing` is called each time the bucket
+/// cannot be opened (it does not exist without a controller, or the broker cannot be asked),
+/// before the next try.
+pub async fn follow_key(
     config: std::sync::Arc<dyn ConfigStore>,
-    tx: watch::Sender<Option<Defaults>>,
+    key: &str,
+    mut on_value: impl FnMut(Option<&Bytes>),
+    mut on_missing: impl FnMut(),
     shutdown: Shutdown,
 ) {
-    let settle = |tx: &watch::Sender<Option<Defaults>>| {
-        tx.send_if_modified(|d| {
-            d.is_none()
-                .then(|| *d = Some(Defaults::default()))
-                .is_some()
-        })
-    };
     let mut retry = RETRY;
     while !shutdown.is_triggered() {
-        let mut watch = match config.watch(BUCKET, DELIVERY_KEY).await {
+        let mut watch = match config.watch(BUCKET, key).await {
             Ok(w) => {
                 retry = RETRY;
                 w
             }
             Err(e) => {
-                settle(&tx);
-                tracing::debug!(error = %e, ?retry, "no cluster delivery defaults; the built-in ones apply");
+                on_missing();
+                tracing::debug!(error = %e, ?retry, key, "the configuration bucket cannot be read");
                 let wait = crate::deliver::attempt::jitter(retry);
                 retry = (retry * 2).min(RETRY_MAX);
                 tokio::select! {
@@ -53,9 +49,9 @@ pub async fn follow(
             tokio::select! {
                 _ = shutdown.wait() => return,
                 next = watch.next() => match next {
-                    Some(Ok(value)) => apply(&tx, value.as_ref()),
+                    Some(Ok(value)) => on_value(value.as_ref()),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching the cluster delivery defaults failed; watching again");
+                        tracing::warn!(error = %e, key, "watching the configuration bucket failed; watching again");
                         break;
                     }
                     None => break,
@@ -67,6 +63,48 @@ pub async fn follow(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Follows the delivery defaults until `shutdown`. `tx` holds `None` until the first answer: the
+/// current value, or the built-in defaults when the bucket or key does not exist (no controller,
+/// as under `herald dev`) or the broker cannot be asked; then each change. A value that does not
+/// validate is logged with its field and ignored, so the last good defaults stay.
+pub async fn follow(
+    config: std::sync::Arc<dyn ConfigStore>,
+    tx: watch::Sender<Option<Defaults>>,
+    shutdown: Shutdown,
+) {
+    let settle = || {
+        tx.send_if_modified(|d| {
+            d.is_none()
+                .then(|| *d = Some(Defaults::default()))
+                .is_some()
+        });
+    };
+    follow_key(config, DELIVERY_KEY, |v| apply(&tx, v), settle, shutdown).await;
+}
+
+/// Follows the app's own key (`herald_core::defaults::subscriptions_key`), where the controller
+/// puts the subscriptions that `Subscription` resources give the app. `tx` holds `None` until the
+/// first answer, then `Some(value)`: `Some(None)` when there is none (or no bucket).
+pub async fn follow_resources(
+    config: std::sync::Arc<dyn ConfigStore>,
+    key: String,
+    tx: watch::Sender<Option<Option<Bytes>>>,
+    shutdown: Shutdown,
+) {
+    let missing = || {
+        tx.send_if_modified(|v| v.is_none().then(|| *v = Some(None)).is_some());
+    };
+    let value = |v: Option<&Bytes>| {
+        tx.send_if_modified(|cur| {
+            let next = Some(v.cloned());
+            let changed = *cur != next;
+            *cur = next;
+            changed
+        });
+    };
+    follow_key(config, &key, value, missing, shutdown).await;
 }
 
 /// A value of the key (`None`: absent or deleted, so the built-in defaults).

@@ -11,6 +11,12 @@
 //! one gets the new settings for its next deliveries while those in flight keep the settings they
 //! started with. The publish allowlist is swapped at once. The app id is fixed at start (it names
 //! the consumers).
+//!
+//! Subscriptions that `Subscription` resources give the app arrive through the configuration
+//! bucket ([`super::defaults::follow_resources`]) and are merged after the annotations' own: on
+//! the same filter the annotation wins (the controller reports the clash on the resource). They
+//! need `herald.dev/app-port` like any subscription. A value that does not parse is logged and the
+//! last good one stays.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use herald_core::contract::PodConfig;
+use bytes::Bytes;
+use herald_core::contract::{self, PodConfig, Subscription};
 use herald_core::defaults::Defaults;
 use herald_core::delivery::Target;
 use herald_core::filter::TypeFilter;
@@ -88,6 +95,9 @@ pub struct Subscriptions {
     running: HashMap<String, Running>,
     /// Removed subscriptions still finishing their deliveries.
     stopping: JoinSet<()>,
+    /// The app's resource subscriptions as last read from the bucket, and what they parsed to.
+    resource_text: Option<Bytes>,
+    resources: Vec<Subscription>,
 }
 
 impl Subscriptions {
@@ -108,6 +118,42 @@ impl Subscriptions {
             metrics,
             running: HashMap::new(),
             stopping: JoinSet::new(),
+            resource_text: None,
+            resources: Vec::new(),
+        }
+    }
+
+    /// `pod` with the resource subscriptions whose filter the annotations do not list.
+    fn merged(&self, mut pod: PodConfig) -> PodConfig {
+        let own: std::collections::HashSet<String> = pod
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.to_string())
+            .collect();
+        pod.subscriptions.extend(
+            self.resources
+                .iter()
+                .filter(|s| !own.contains(&s.filter.to_string()))
+                .cloned(),
+        );
+        pod
+    }
+
+    /// Parses the resource subscriptions over the cluster defaults; a value that does not parse
+    /// keeps the last good ones.
+    fn parse_resources(&mut self, cluster: &Defaults) {
+        let parsed = match &self.resource_text {
+            None => Ok(Vec::new()),
+            Some(bytes) => std::str::from_utf8(bytes)
+                .map_err(|e| vec![format!("not UTF-8: {e}")])
+                .and_then(|text| contract::parse_entries(text, cluster)),
+        };
+        match parsed {
+            Ok(subs) => self.resources = subs,
+            Err(rules) => tracing::error!(
+                errors = %rules.join("; "),
+                "the app's resource subscriptions in the configuration bucket are invalid; the last good ones stay"
+            ),
         }
     }
 
@@ -184,6 +230,7 @@ impl Subscriptions {
         source: PodSource,
         mut current: PodConfig,
         mut cluster: watch::Receiver<Option<Defaults>>,
+        mut resources: watch::Receiver<Option<Option<Bytes>>>,
     ) {
         // A default file that does not exist (the sidecar run by hand, without the injector) is
         // not watched; one named explicitly is.
@@ -211,6 +258,19 @@ impl Subscriptions {
                 }
                 Ok(()) = cluster.changed() => {
                     let defaults = cluster.borrow_and_update().unwrap_or_default();
+                    self.parse_resources(&defaults);
+                    current = self.reload(&source, current, &defaults);
+                }
+                Ok(()) = resources.changed() => {
+                    let Some(text) = resources.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    if text == self.resource_text {
+                        continue;
+                    }
+                    self.resource_text = text;
+                    let defaults = cluster.borrow().unwrap_or_default();
+                    self.parse_resources(&defaults);
                     current = self.reload(&source, current, &defaults);
                 }
                 _ = self.shutdown.wait() => break,
@@ -233,7 +293,7 @@ impl Subscriptions {
     }
 
     fn reload(&mut self, source: &PodSource, current: PodConfig, cluster: &Defaults) -> PodConfig {
-        let result = match source.load_with(cluster) {
+        let result = match source.load_with(cluster).map(|pod| self.merged(pod)) {
             Ok(pod) if pod == current => ReloadResult::Unchanged,
             Ok(pod) => {
                 if pod.app_id != current.app_id {
@@ -242,7 +302,7 @@ impl Subscriptions {
                 self.apply(&pod);
                 tracing::info!(
                     subscriptions = pod.subscriptions.len(),
-                    "configuration reloaded (annotations or cluster delivery defaults)"
+                    "configuration reloaded (annotations, resource subscriptions or cluster delivery defaults)"
                 );
                 self.count(ReloadResult::Applied);
                 return pod;
@@ -423,8 +483,9 @@ mod tests {
             .pod_source;
         let initial = source.load_with(&Defaults::default()).unwrap();
         let (tx, rx) = watch::channel(None);
+        let (_resources_tx, resources) = watch::channel(None);
         subs.apply(&initial);
-        let running = tokio::spawn(subs.run(source, initial, rx));
+        let running = tokio::spawn(subs.run(source, initial, rx, resources));
         until("bound with the built-in default", || {
             h.consumer("order.>") == Some((Defaults::default().max_in_flight, true))
         })
@@ -450,5 +511,58 @@ mod tests {
         h.shutdown.trigger();
         running.await.unwrap();
         assert_eq!(h.consumer("order.>"), Some((3, false)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resource_subscriptions_join_and_leave_and_the_annotation_wins_a_clash() {
+        let (h, mut subs) = harness().await;
+        let args = ServeArgs {
+            app_port: Some("8080".into()),
+            subscribe: Some("order.>".into()),
+            ..Default::default()
+        };
+        let env = std::collections::HashMap::<String, String>::new();
+        let source = ServeConfig::resolve(RunMode::Dev, &args, &env)
+            .unwrap()
+            .pod_source;
+        let initial = source.load_with(&Defaults::default()).unwrap();
+        let (_defaults_tx, cluster) = watch::channel(Some(Defaults::default()));
+        let (tx, resources) = watch::channel(None);
+        subs.apply(&initial);
+        let running = tokio::spawn(subs.run(source, initial, cluster, resources));
+        let default = Defaults::default().max_in_flight;
+        until("the annotation's subscription", || {
+            h.consumer("order.>") == Some((default, true))
+        })
+        .await;
+
+        // A resource on the same filter (other settings) and one on a filter of its own.
+        tx.send_replace(Some(Some(Bytes::from_static(
+            br#"[{"type": "order.>", "maxInFlight": 3}, {"type": "payment.>", "maxInFlight": 4}]"#,
+        ))));
+        until("the resource's own filter subscribed", || {
+            h.consumer("payment.>") == Some((4, true))
+        })
+        .await;
+        assert_eq!(
+            h.consumer("order.>"),
+            Some((default, true)),
+            "the annotation wins"
+        );
+
+        // Invalid: the last good ones stay.
+        tx.send_replace(Some(Some(Bytes::from_static(br#"[{"type": ""}]"#))));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.consumer("payment.>"), Some((4, true)));
+
+        // Gone: its subscription stops; the annotation's stays.
+        tx.send_replace(Some(None));
+        until("the resource's subscription stopped", || {
+            h.consumer("payment.>") == Some((4, false))
+        })
+        .await;
+        assert_eq!(h.consumer("order.>"), Some((default, true)));
+        h.shutdown.trigger();
+        running.await.unwrap();
     }
 }

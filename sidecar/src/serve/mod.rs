@@ -318,7 +318,7 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
     let (defaults_tx, mut cluster) = tokio::sync::watch::channel(None);
     let config_store: Arc<dyn ConfigStore> = Arc::new(jetstream.clone());
     tokio::spawn(
-        config::defaults::follow(config_store, defaults_tx, shutdown.clone())
+        config::defaults::follow(config_store.clone(), defaults_tx, shutdown.clone())
             .instrument(tracing::info_span!("cluster_defaults")),
     );
     let _ = tokio::time::timeout(DEFAULTS_WAIT, cluster.wait_for(Option::is_some)).await;
@@ -332,7 +332,19 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
             .unwrap_or_else(|_| cfg.pod.clone())
     };
     subscriptions.apply(&pod);
-    let deliveries = tokio::spawn(subscriptions.run(cfg.pod_source.clone(), pod, cluster));
+    // The app's resource subscriptions: they arrive (and change) while it runs.
+    let (resources_tx, resources) = tokio::sync::watch::channel(None);
+    tokio::spawn(
+        config::defaults::follow_resources(
+            config_store.clone(),
+            herald_core::defaults::subscriptions_key(&cfg.namespace, &cfg.app_id),
+            resources_tx,
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("resource_subscriptions")),
+    );
+    let deliveries =
+        tokio::spawn(subscriptions.run(cfg.pod_source.clone(), pod, cluster, resources));
     let admin = Arc::new(AdminApi {
         registry,
         readiness: readiness.clone(),
