@@ -114,9 +114,12 @@ pub fn entry() -> std::process::ExitCode {
 
 pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), ControlPlaneError> {
     match cli.command {
-        Some(Command::Crd) => {
-            let yaml = crate::controller::crd::crd_yaml()
-                .map_err(|e| ControlPlaneError::Runtime(format!("cannot write the CRD: {e}")))?;
+        Some(Command::Crd { which }) => {
+            let yaml = match which.as_str() {
+                "subscriptions" => crate::controller::subscription::crd_yaml(),
+                _ => crate::controller::crd::crd_yaml(),
+            }
+            .map_err(|e| ControlPlaneError::Runtime(format!("cannot write the CRD: {e}")))?;
             print!("{yaml}");
             Ok(())
         }

@@ -35,8 +35,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the EventStream CustomResourceDefinition as YAML (`| kubectl apply -f -`)
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (`| kubectl apply -f -`): `eventstreams`
+    /// (the default) or `subscriptions`
+    Crd {
+        #[arg(default_value = "eventstreams", value_parser = ["eventstreams", "subscriptions"])]
+        which: String,
+    },
 }
 
 /// Values stay strings here and are parsed in [`Config::resolve`], so flags and variables share

@@ -2,14 +2,17 @@
 //! and a real nats-server: two replicas never lead together and hand the Lease over on shutdown
 //! (real Lease semantics, server-side apply conflicts included); and the leader sees changes
 //! through its watches within seconds, with the period set to an hour — an EventStream edit is
-//! reconciled, a pod that missed its sidecar is reported. Without the kit the tests say so and
-//! pass.
+//! reconciled, a pod that missed its sidecar is reported. herald's `Subscription` resources:
+//! the schema's rules enforced by the apiserver, a resource's consumer made at once (its events
+//! kept with no subscriber), its subscriptions reaching a running sidecar through the bucket and
+//! leaving with the resource, its status. Without the kit the tests say so and pass.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_controlplane::controller::crd::EventStream;
 use herald_controlplane::controller::metrics::{ControllerMetrics, PassLabels, PassResult};
+use herald_controlplane::controller::subscription::Subscription as HeraldSubscription;
 use herald_controlplane::controller::{self, ControllerConfig, LeaseConfig};
 use herald_runtime::shutdown::Shutdown;
 use herald_tests::kit::Apiserver;
@@ -51,6 +54,9 @@ async fn prepare(client: &kube::Client) {
     crds.create(&PostParams::default(), &EventStream::crd())
         .await
         .expect("create the EventStream CRD");
+    crds.create(&PostParams::default(), &HeraldSubscription::crd())
+        .await
+        .expect("create the Subscription CRD");
     namespace(client, "herald-system").await;
     let streams: Api<EventStream> = Api::all(client.clone());
     let es: EventStream = serde_json::from_value(json!({
@@ -258,4 +264,222 @@ async fn the_leader_sees_changes_through_its_watches() {
     assert_eq!(r.metrics.missed_injections.get(), 1);
     r.stop.trigger();
     r.task.await.unwrap().unwrap();
+}
+
+/// The Ready condition of a Subscription: (status, reason, message).
+/// Publishes one event of source `checkout` through `h`.
+async fn checkout(h: &herald_tests::Herald, id: &str) {
+    let r = herald_tests::binary(&h.url, id, "checkout", "order.paid.v1")
+        .body("{}")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 204);
+}
+
+async fn ready(api: &Api<HeraldSubscription>, name: &str) -> Option<(String, String, String)> {
+    let s = api.get_opt(name).await.ok().flatten()?;
+    let c = s
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+#[tokio::test]
+async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_with_their_resource() {
+    let Some(apiserver) = Apiserver::start("subscription_resources") else {
+        return;
+    };
+    let client = apiserver.client().await;
+    prepare(&client).await;
+    namespace(&client, "shop").await;
+    let nats = Nats::start();
+    let leader = replica(&client, &nats, "herald-a", Duration::from_secs(3600)).await;
+    let js = nats.jetstream().await;
+    eventually(Duration::from_secs(20), "the streams created", || {
+        let js = js.clone();
+        async move { js.get_stream("HERALD").await.is_ok() }
+    })
+    .await;
+    let subs: Api<HeraldSubscription> = Api::namespaced(client.clone(), "shop");
+    let resource = |name: &str, spec: serde_json::Value| -> HeraldSubscription {
+        serde_json::from_value(json!({
+            "apiVersion": "herald.dev/v1alpha1", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec,
+        }))
+        .expect("a Subscription")
+    };
+
+    // The schema: exactly one target, at least one type (the apiserver refuses, naming the rule).
+    let both = resource(
+        "both",
+        json!({"app": "orders", "sink": "http://x.shop.svc", "types": ["a.v1"]}),
+    );
+    let e = subs
+        .create(&PostParams::default(), &both)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exactly one of app and sink"), "{e}");
+    let none = resource("none", json!({"app": "orders", "types": []}));
+    let e = subs
+        .create(&PostParams::default(), &none)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("spec.types"), "{e}");
+
+    // What only the contract knows: Ready=False InvalidSpec, naming the entry and the field.
+    subs.create(
+        &PostParams::default(),
+        &resource(
+            "bad-filter",
+            json!({"app": "orders", "types": ["x.v1"], "filters": [{"sql": "amount >"}]}),
+        ),
+    )
+    .await
+    .expect("create");
+    eventually(Duration::from_secs(20), "InvalidSpec reported", || {
+        let subs = subs.clone();
+        async move {
+            ready(&subs, "bad-filter").await.is_some_and(|(s, r, m)| {
+                s == "False" && r == "InvalidSpec" && m.contains("entry 1")
+            })
+        }
+    })
+    .await;
+
+    // A valid one: its consumer exists at once, so an event published with no subscriber waits.
+    subs.create(
+        &PostParams::default(),
+        &resource(
+            "orders-paid",
+            json!({"app": "orders", "types": ["order.paid.v1"], "source": "checkout", "maxInFlight": 5}),
+        ),
+    )
+    .await
+    .expect("create");
+    eventually(
+        Duration::from_secs(20),
+        "NoSubscriber with its consumer",
+        || {
+            let subs = subs.clone();
+            async move {
+                let status = subs
+                    .get("orders-paid")
+                    .await
+                    .ok()
+                    .and_then(|s| s.status)
+                    .unwrap_or_default();
+                ready(&subs, "orders-paid")
+                    .await
+                    .is_some_and(|(s, r, _)| s == "False" && r == "NoSubscriber")
+                    && status.consumers.len() == 1
+                    && status.target.as_deref() == Some("app orders")
+            }
+        },
+    )
+    .await;
+    let consumer = herald_tests::consumer_for(&js, "checkout/order.paid.v1").await;
+    assert_eq!(consumer.config.max_ack_pending, 5);
+    let publisher = herald_tests::Herald::start(
+        "sidecar",
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--app-id",
+            "checkout",
+            "--namespace",
+            "shop",
+        ],
+    )
+    .await;
+    publisher.wait_ready().await;
+    checkout(&publisher, "early-1").await;
+
+    // A sidecar of app `orders` (no subscription annotations) gets it through the bucket.
+    let sink = herald_tests::sink::Sink::start().await;
+    let port = sink.port.to_string();
+    let subscriber = herald_tests::Herald::start(
+        "sidecar",
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--app-id",
+            "orders",
+            "--namespace",
+            "shop",
+            "--app-port",
+            &port,
+        ],
+    )
+    .await;
+    subscriber.wait_ready().await;
+    eventually(
+        Duration::from_secs(30),
+        "the waiting event delivered",
+        || {
+            let got = sink
+                .received()
+                .iter()
+                .any(|r| r.header("ce-id") == Some("early-1"));
+            async move { got }
+        },
+    )
+    .await;
+    checkout(&publisher, "live-1").await;
+    eventually(Duration::from_secs(20), "a live event delivered", || {
+        let got = sink
+            .received()
+            .iter()
+            .any(|r| r.header("ce-id") == Some("live-1"));
+        async move { got }
+    })
+    .await;
+
+    // A pod of app `orders` with the sidecar makes the resource Ready.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "orders-1", "namespace": "shop"},
+        "spec": {"containers": [
+            {"name": "app", "image": "orders"},
+            {"name": "herald", "image": "herald", "env": [{"name": "HERALD_APP_ID", "value": "orders"}]}
+        ]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the pod");
+    eventually(Duration::from_secs(20), "Ready=True Subscribed", || {
+        let subs = subs.clone();
+        async move {
+            ready(&subs, "orders-paid")
+                .await
+                .is_some_and(|(s, r, _)| s == "True" && r == "Subscribed")
+        }
+    })
+    .await;
+
+    // Deleted: the sidecar stops, the consumer goes at once (the orphan grace is an hour here),
+    // and the key with it.
+    subs.delete("orders-paid", &Default::default())
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(30), "the consumer deleted", || {
+        let js = js.clone();
+        async move {
+            herald_tests::consumers(&js)
+                .await
+                .iter()
+                .all(|c| c.config.filter_subject != "herald.checkout.order.paid.v1")
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(20), "the sidecar unsubscribed", || {
+        let log = subscriber.log_text();
+        async move { log.contains("unsubscribed") }
+    })
+    .await;
+    leader.stop.trigger();
+    let _ = leader.task.await;
 }

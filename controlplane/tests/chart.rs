@@ -128,12 +128,24 @@ fn lint_passes_and_the_crd_copy_is_what_the_binary_prints() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let copy = std::fs::read_to_string(chart().join("crds/eventstreams.herald.dev.yaml")).unwrap();
-    assert_eq!(
-        copy,
-        crd_yaml().unwrap(),
-        "charts/herald/crds is stale: cargo run -p herald-controlplane -- crd > charts/herald/crds/eventstreams.herald.dev.yaml"
-    );
+    for (file, which, printed) in [
+        (
+            "eventstreams.herald.dev.yaml",
+            "eventstreams",
+            crd_yaml().unwrap(),
+        ),
+        (
+            "subscriptions.herald.dev.yaml",
+            "subscriptions",
+            herald_controlplane::controller::subscription::crd_yaml().unwrap(),
+        ),
+    ] {
+        let copy = std::fs::read_to_string(chart().join("crds").join(file)).unwrap();
+        assert_eq!(
+            copy, printed,
+            "charts/herald/crds is stale: cargo run -p herald-controlplane -- crd {which} > charts/herald/crds/{file}"
+        );
+    }
 }
 
 #[test]

@@ -253,6 +253,9 @@ pub trait ConfigStore: Send + Sync {
     fn put(&self, bucket: &str, key: &str, value: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Deletes `key`; watchers see `None`.
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// The keys holding a value whose first token is `prefix` (`prefix.…`), sorted;
+    /// [`BrokerError::NotFound`] when the bucket does not exist.
+    fn keys(&self, bucket: &str, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, BrokerError>>;
     /// Follows `key`; [`BrokerError::NotFound`] when the bucket does not exist.
     fn watch(
         &self,

@@ -92,6 +92,29 @@ impl ConfigStore for JetStream {
         })
     }
 
+    fn keys(&self, bucket: &str, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        let (bucket, prefix) = (bucket.to_owned(), format!("{prefix}."));
+        Box::pin(async move {
+            let kv = self.bucket(&bucket).await?;
+            // An empty bucket answers "no keys found" as an error in some versions; to herald
+            // that is an empty list.
+            let mut keys = match kv.keys().await {
+                Ok(k) => k,
+                Err(e) if e.to_string().contains("no keys") => return Ok(Vec::new()),
+                Err(e) => return Err(other(format!("cannot list bucket {bucket}: {e}"))),
+            };
+            let mut out = Vec::new();
+            while let Some(k) = keys.next().await {
+                let k = k.map_err(|e| other(format!("cannot list bucket {bucket}: {e}")))?;
+                if k.starts_with(&prefix) {
+                    out.push(k);
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
     fn watch(
         &self,
         bucket: &str,

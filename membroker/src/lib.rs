@@ -720,6 +720,25 @@ impl ConfigStore for MemBroker {
         })
     }
 
+    fn keys(&self, bucket: &str, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        let (bucket, prefix) = (bucket.to_owned(), format!("{prefix}."));
+        Box::pin(async move {
+            self.disconnected()?;
+            let st = self.lock();
+            let b = st
+                .buckets
+                .get(&bucket)
+                .ok_or_else(|| BrokerError::NotFound(format!("bucket {bucket}")))?;
+            let mut keys: Vec<String> = b
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            keys.sort();
+            Ok(keys)
+        })
+    }
+
     fn watch(
         &self,
         bucket: &str,

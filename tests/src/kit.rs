@@ -25,26 +25,43 @@ impl Apiserver {
             );
             return None;
         };
-        // Short: the kit puts unix sockets under it.
-        let dir = PathBuf::from(format!(
-            "/tmp/hka-{}-{}",
-            std::process::id(),
-            uuid_fragment()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("apiserver directory");
         let started = Instant::now();
-        let out = Command::new(kit.join("start"))
-            .arg(&dir)
-            .output()
-            .expect("run the kit's start");
-        assert!(
-            out.status.success(),
-            "the kit could not start an apiserver in {}:\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // The kit picks free ports and binds them a moment later; another test can take one in
+        // between ("address already in use"), so a start that lost that race is tried again.
+        let mut attempt = 0;
+        let dir = loop {
+            attempt += 1;
+            // Short: the kit puts unix sockets under it.
+            let dir = PathBuf::from(format!(
+                "/tmp/hka-{}-{}",
+                std::process::id(),
+                uuid_fragment()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("apiserver directory");
+            let out = Command::new(kit.join("start"))
+                .arg(&dir)
+                .output()
+                .expect("run the kit's start");
+            if out.status.success() {
+                break dir;
+            }
+            let logs = std::fs::read_dir(dir.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<String>();
+            let _ = Command::new(kit.join("stop")).arg(&dir).status();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(
+                attempt < 3 && logs.contains("address already in use"),
+                "the kit could not start an apiserver in {} (attempt {attempt}):\n{}{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         let env = std::fs::read_to_string(dir.join("env"))
             .expect("the apiserver's env file")
             .lines()

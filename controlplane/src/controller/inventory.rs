@@ -31,6 +31,8 @@ pub struct Workloads {
     pub cronjobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
     pub pods: Vec<Pod>,
+    /// herald's Subscription resources.
+    pub subscriptions: Vec<super::subscription::Subscription>,
 }
 
 /// A pod that asked for the sidecar and runs without it.
@@ -73,6 +75,9 @@ pub struct Inventory {
     /// is unknown, so every consumer under that prefix counts as in use.
     pub unknown: BTreeSet<String>,
     pub missed: Vec<MissedPod>,
+    /// `namespace/app-id` of every running pod with the herald sidecar: who can serve a
+    /// Subscription resource.
+    pub serving: BTreeSet<String>,
 }
 
 impl Inventory {
@@ -131,7 +136,12 @@ pub fn take(w: &Workloads) -> Inventory {
             continue;
         };
         match sidecar_app_id(pod) {
-            Some(app_id) => subscriptions(&mut inv, ns, app_id, meta),
+            Some(app_id) => {
+                if running(pod) && !app_id.is_empty() {
+                    inv.serving.insert(format!("{ns}/{app_id}"));
+                }
+                subscriptions(&mut inv, ns, app_id, meta)
+            }
             None if asks_for_sidecar(meta) && running(pod) => inv.missed.push(MissedPod {
                 namespace: ns.to_owned(),
                 pod: meta.name.clone().unwrap_or_default(),

@@ -30,6 +30,9 @@ pub mod crd;
 pub mod inventory;
 pub mod metrics;
 pub mod reconcile;
+pub mod resources;
+pub mod routing;
+pub mod subscription;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -149,6 +152,10 @@ pub struct Controller {
     defaults_written: Option<Vec<u8>>,
     /// The leader's reflectors; without them a pass lists.
     watched: Option<Arc<watch::Watched>>,
+    /// The Subscription resources' step.
+    resources: resources::ResourceState,
+    /// The EventStream's replicas, which the configuration bucket gets too.
+    replicas: usize,
 }
 
 impl Controller {
@@ -175,6 +182,8 @@ impl Controller {
             reported: HashSet::new(),
             defaults_written: None,
             watched: None,
+            resources: resources::ResourceState::default(),
+            replicas: 1,
         }
     }
 
@@ -187,7 +196,20 @@ impl Controller {
             Ok(w) => {
                 let inv = inventory::take(&w);
                 self.missed_injections(&inv, &mut report).await;
-                self.orphans(&inv, stream_ref.as_ref(), &mut report).await;
+                let cluster = self
+                    .defaults_written
+                    .as_deref()
+                    .and_then(|v| herald_core::defaults::Defaults::from_json(v).ok())
+                    .unwrap_or_default();
+                let routing = routing::route(&w.subscriptions, &inv, &cluster);
+                let consumers = self.list_consumers(&mut report).await;
+                let (held, released) = self
+                    .resources(&w.subscriptions, &routing, consumers.as_deref(), &mut report)
+                    .await;
+                if let Some(consumers) = consumers {
+                    self.orphans(&inv, &held, &released, consumers, stream_ref.as_ref(), &mut report)
+                        .await;
+                }
             }
             Err(e) => report.errors.push(format!(
                 "listing workloads failed, so orphan consumers and missed injections were not checked: {e}"
@@ -235,6 +257,7 @@ impl Controller {
             }
         };
         let reference = es.object_ref(&());
+        self.replicas = usize::from(es.spec.replicas.clamp(1, 5));
         let previous = es.status.clone().unwrap_or_default();
         let r = reconcile::streams(
             self.broker.as_ref(),
@@ -304,8 +327,7 @@ impl Controller {
         }
         let write = async {
             // As replicated as the events: a server lost must not take the sidecars' settings.
-            let replicas = usize::from(es.spec.replicas.clamp(1, 5));
-            self.broker.ensure_bucket(BUCKET, replicas).await?;
+            self.broker.ensure_bucket(BUCKET, self.replicas).await?;
             self.broker
                 .put(BUCKET, DELIVERY_KEY, value.clone().into())
                 .await
@@ -337,6 +359,12 @@ impl Controller {
             cronjobs: list_all(Api::<CronJob>::all(c.clone())).await?,
             jobs: list_all(Api::<Job>::all(c.clone())).await?,
             pods: list_all(Api::<Pod>::all(c.clone())).await?,
+            subscriptions: match list_all(Api::<subscription::Subscription>::all(c.clone())).await {
+                Ok(s) => s,
+                // The CRD is not installed (Helm does not upgrade CRDs): there are none.
+                Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+                Err(e) => return Err(e),
+            },
         })
     }
 
@@ -376,30 +404,43 @@ impl Controller {
         self.reported.retain(|k| current.contains(k));
     }
 
-    async fn orphans(
-        &mut self,
-        inv: &Inventory,
-        stream_ref: Option<&ObjectReference>,
+    /// The consumers of the events stream; `None` (and the error reported) when NATS cannot
+    /// say, which skips every step that needs them.
+    async fn list_consumers(
+        &self,
         report: &mut PassReport,
-    ) {
+    ) -> Option<Vec<herald_core::broker::ConsumerState>> {
         let consumers = self.broker.consumers(&self.cfg.stream);
-        let consumers = match tokio::time::timeout(NATS_TIMEOUT, consumers).await {
-            Ok(Ok(c)) => c,
+        match tokio::time::timeout(NATS_TIMEOUT, consumers).await {
+            Ok(Ok(c)) => Some(c),
             Ok(Err(e)) => {
                 report.errors.push(format!(
                     "cannot list the consumers of stream {}: {e}",
                     self.cfg.stream
                 ));
-                return;
+                None
             }
             Err(_) => {
                 report.errors.push(format!(
                     "cannot list the consumers of stream {}: NATS did not answer",
                     self.cfg.stream
                 ));
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Deletes herald's consumers nothing subscribes to: after the grace period, or at once
+    /// when a Subscription resource let go of them (`released`) and nothing else holds them.
+    async fn orphans(
+        &mut self,
+        inv: &Inventory,
+        held: &std::collections::BTreeSet<String>,
+        released: &std::collections::BTreeSet<String>,
+        consumers: Vec<herald_core::broker::ConsumerState>,
+        stream_ref: Option<&ObjectReference>,
+        report: &mut PassReport,
+    ) {
         let now = Instant::now();
         let mut waiting = HashMap::new();
         for info in consumers {
@@ -407,12 +448,14 @@ impl Controller {
                 continue;
             };
             let herald_made = info.name == consumer_name_of(&description);
-            let in_use = inv.in_use(&description) || info.waiting > 0;
-            if !herald_made || in_use {
+            let subscribed = inv.in_use(&description) || held.contains(&description);
+            // A resource's sidecars may still pull for a moment after it let go.
+            let let_go = released.contains(&description);
+            if !herald_made || subscribed || (info.waiting > 0 && !let_go) {
                 continue;
             }
             let since = self.orphans.get(&info.name).map_or(now, |(_, t)| *t);
-            if now.duration_since(since) < self.cfg.orphan_grace {
+            if !let_go && now.duration_since(since) < self.cfg.orphan_grace {
                 report.orphans_waiting.push(description.clone());
                 waiting.insert(info.name.clone(), (description, since));
                 continue;
@@ -420,12 +463,17 @@ impl Controller {
             let delete = self.broker.delete_consumer(&self.cfg.stream, &info.name);
             match tokio::time::timeout(NATS_TIMEOUT, delete).await {
                 Ok(Ok(_)) => {
+                    let why = if let_go {
+                        "the Subscription resource that held it was deleted or no longer lists its type".to_owned()
+                    } else {
+                        format!(
+                            "no workload has subscribed to it for {}s",
+                            self.cfg.orphan_grace.as_secs()
+                        )
+                    };
                     let message = format!(
-                        "deleted consumer {} ({description}) of stream {}: no workload has subscribed to it for {}s; {} events were still pending for it",
-                        info.name,
-                        self.cfg.stream,
-                        self.cfg.orphan_grace.as_secs(),
-                        info.pending
+                        "deleted consumer {} ({description}) of stream {}: {why}; {} events were still pending for it",
+                        info.name, self.cfg.stream, info.pending
                     );
                     tracing::info!(consumer = %info.name, %description, pending = info.pending, "orphan consumer deleted");
                     self.metrics.orphans_deleted.inc();
@@ -541,6 +589,24 @@ where
     }
 }
 
+/// Whether the Subscription CRD is installed. Helm installs the chart's CRDs only with the
+/// release, never on an upgrade, so a cluster upgraded from a herald without it lacks it until
+/// `kubectl apply -f charts/herald/crds/`; the controller then runs without resources rather
+/// than waiting for a watch that cannot start.
+async fn subscriptions_installed(kube: &kube::Client) -> bool {
+    let api: Api<subscription::Subscription> = Api::all(kube.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(
+                "the Subscription CRD (subscriptions.herald.dev) is not installed: Subscription resources are not served; install it with kubectl apply -f charts/herald/crds/ (Helm does not upgrade CRDs)"
+            );
+            false
+        }
+        // Anything else is the watch's to retry.
+        _ => true,
+    }
+}
+
 /// Runs the controller while this replica holds the lease, until `shutdown`; then releases
 /// the lease so another replica takes over at once instead of after its expiry.
 pub async fn lead(
@@ -580,9 +646,12 @@ pub async fn lead(
         controller.orphans.clear();
         controller.reported.clear();
         controller.defaults_written = None;
+        controller.resources = resources::ResourceState::default();
+        let subscriptions = subscriptions_installed(&controller.kube).await;
         let watched = Arc::new(watch::Watched::start(
             &controller.kube,
             &controller.cfg.event_stream,
+            subscriptions,
         ));
         let listed = tokio::select! {
             _ = shutdown.wait() => false,

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::crd::EventStream;
 use super::inventory::Workloads;
+use super::subscription::Subscription;
 
 /// Objects per page of a watcher's list.
 const PAGE: u32 = 500;
@@ -35,6 +36,8 @@ pub struct Watched {
     jobs: Store<Job>,
     pods: Store<Pod>,
     event_streams: Store<EventStream>,
+    /// `None` when the Subscription CRD is not installed.
+    subscriptions: Option<Store<Subscription>>,
     /// Woken by every watch event (and every re-list).
     pub changed: Arc<Notify>,
     _tasks: JoinSet<()>,
@@ -95,7 +98,7 @@ fn strip_job_spec(s: &mut JobSpec) {
 
 impl Watched {
     /// Starts the reflectors (their watches run until this is dropped).
-    pub fn start(kube: &kube::Client, event_stream: &str) -> Self {
+    pub fn start(kube: &kube::Client, event_stream: &str, subscriptions: bool) -> Self {
         let changed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
         let cfg = || watcher::Config::default().page_size(PAGE);
@@ -179,7 +182,17 @@ impl Watched {
             &changed,
             &mut tasks,
         );
+        let subscriptions = subscriptions.then(|| {
+            reflect(
+                Api::all(kube.clone()),
+                cfg(),
+                |s: &mut Subscription| meta_only(&mut s.metadata),
+                &changed,
+                &mut tasks,
+            )
+        });
         Watched {
+            subscriptions,
             deployments,
             statefulsets,
             daemonsets,
@@ -202,6 +215,11 @@ impl Watched {
             self.jobs.wait_until_ready(),
             self.pods.wait_until_ready(),
             self.event_streams.wait_until_ready(),
+            async {
+                if let Some(s) = &self.subscriptions {
+                    let _ = s.wait_until_ready().await;
+                }
+            },
         );
     }
 
@@ -221,6 +239,7 @@ impl Watched {
             cronjobs: all(&self.cronjobs),
             jobs: all(&self.jobs),
             pods: all(&self.pods),
+            subscriptions: self.subscriptions.as_ref().map(all).unwrap_or_default(),
         }
     }
 

@@ -46,6 +46,7 @@ impl FakeCluster {
                 "/apis/apps/v1/daemonsets",
                 CRONJOBS,
                 "/apis/batch/v1/jobs",
+                "/apis/herald.dev/v1alpha1/subscriptions",
             ] {
                 s.lists.insert(list.into(), Vec::new());
             }

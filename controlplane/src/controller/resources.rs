@@ -1,0 +1,287 @@
+//! The pass step for herald's `Subscription` resources, acting on [`super::routing`]'s decision:
+//! their consumers created (so events are kept from the moment a resource exists, subscriber or
+//! not), each app's entries written to its key of the configuration bucket (keys of apps left
+//! without resources deleted), and each resource's status patched when it changed.
+//!
+//! A resource whose spec turned invalid keeps the consumers it had, as annotations that stop
+//! parsing keep theirs; the consumers of a deleted resource (or of types it no longer lists) are
+//! deleted at once, not after the orphan grace, unless something else subscribes to them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use herald_core::broker::ConsumerState;
+use herald_core::consumer::ConsumerSpec;
+use herald_core::defaults::{BUCKET, SUBSCRIPTIONS_KEY_PREFIX};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::routing::{Routing, Verdict};
+use super::subscription::{Subscription, SubscriptionStatus};
+use super::{Controller, NATS_TIMEOUT, PassReport, now, truncate};
+
+/// Pending counts in a status are refreshed at most this often; a condition change is written
+/// at once. Bounds the status writes of busy subscriptions.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the step remembers within one leadership term.
+#[derive(Default)]
+pub struct ResourceState {
+    /// Bucket key → value written; `None` until the keys were listed at the term's start.
+    keys: Option<HashMap<String, String>>,
+    /// Consumer specs this leader created or updated.
+    ensured: HashMap<String, ConsumerSpec>,
+    /// Each resource's consumer descriptions (`namespace/name` → descriptions).
+    held: HashMap<String, BTreeSet<String>>,
+    /// When each resource's counts were last written.
+    counted: HashMap<String, Instant>,
+}
+
+impl Controller {
+    /// Step 3; returns the descriptions the resources keep in use and those released by them
+    /// since the last pass (deleted at once by the orphan step).
+    pub(super) async fn resources(
+        &mut self,
+        resources: &[Subscription],
+        routing: &Routing,
+        consumers: Option<&[ConsumerState]>,
+        report: &mut PassReport,
+    ) -> (BTreeSet<String>, BTreeSet<String>) {
+        self.ensure_consumers(routing, consumers, report).await;
+        self.write_keys(routing, report).await;
+        let mut held = HashMap::new();
+        for v in &routing.verdicts {
+            let key = format!("{}/{}", v.namespace, v.name);
+            if !v.descriptions.is_empty() {
+                held.insert(key, v.descriptions.iter().cloned().collect());
+            } else if let Some(previous) = self.resources.held.get(&key) {
+                held.insert(key, previous.clone());
+            }
+        }
+        let in_use: BTreeSet<String> = held.values().flatten().cloned().collect();
+        let released = self
+            .resources
+            .held
+            .values()
+            .flatten()
+            .filter(|d| !in_use.contains(*d))
+            .cloned()
+            .collect();
+        self.resources.held = held;
+        for v in &routing.verdicts {
+            let current = resources
+                .iter()
+                .find(|r| {
+                    r.metadata.namespace.as_deref() == Some(v.namespace.as_str())
+                        && r.metadata.name.as_deref() == Some(v.name.as_str())
+                })
+                .and_then(|r| r.status.clone())
+                .unwrap_or_default();
+            self.write_status(v, &current, consumers, report).await;
+        }
+        (in_use, released)
+    }
+
+    /// Creates the consumers of applied resources that do not exist, and updates those whose
+    /// spec changed since this leader last wrote them. One that exists and that this leader did
+    /// not write is left alone: a sidecar binding it keeps its settings current.
+    async fn ensure_consumers(
+        &mut self,
+        routing: &Routing,
+        consumers: Option<&[ConsumerState]>,
+        report: &mut PassReport,
+    ) {
+        let Some(existing) = consumers else {
+            return;
+        };
+        for spec in &routing.consumers {
+            let exists = existing.iter().any(|c| c.name == spec.name);
+            let written = self.resources.ensured.get(&spec.name);
+            if exists && written.is_none_or(|w| w == spec) {
+                continue;
+            }
+            let bind = self.broker.bind(&self.cfg.stream, spec);
+            match tokio::time::timeout(NATS_TIMEOUT, bind).await {
+                Ok(Ok(_lease)) => {
+                    tracing::info!(consumer = %spec.name, description = %spec.description, "consumer of a Subscription resource created");
+                    self.resources
+                        .ensured
+                        .insert(spec.name.clone(), spec.clone());
+                }
+                Ok(Err(e)) => report.errors.push(format!(
+                    "cannot create consumer {} ({}): {e}",
+                    spec.name, spec.description
+                )),
+                Err(_) => report.errors.push(format!(
+                    "cannot create consumer {} ({}): NATS did not answer",
+                    spec.name, spec.description
+                )),
+            }
+        }
+    }
+
+    /// Writes each app's entries to its key when they changed; deletes the keys of apps that
+    /// have none any more (at a term's start, every `subscriptions.` key in the bucket is
+    /// compared, so a previous leader's leftovers go too).
+    async fn write_keys(&mut self, routing: &Routing, report: &mut PassReport) {
+        if self.resources.keys.is_none() {
+            let listed = async {
+                self.broker.ensure_bucket(BUCKET, self.replicas).await?;
+                self.broker.keys(BUCKET, SUBSCRIPTIONS_KEY_PREFIX).await
+            };
+            match tokio::time::timeout(NATS_TIMEOUT, listed).await {
+                Ok(Ok(keys)) => {
+                    // Unknown values: each is written again once, or deleted.
+                    self.resources.keys =
+                        Some(keys.into_iter().map(|k| (k, String::new())).collect());
+                }
+                Ok(Err(e)) => {
+                    report
+                        .errors
+                        .push(format!("cannot list the keys of bucket {BUCKET}: {e}"));
+                    return;
+                }
+                Err(_) => {
+                    report.errors.push(format!(
+                        "cannot list the keys of bucket {BUCKET}: NATS did not answer"
+                    ));
+                    return;
+                }
+            }
+        }
+        let written = self.resources.keys.clone().unwrap_or_default();
+        for (key, value) in &routing.keys {
+            if written.get(key) == Some(value) {
+                continue;
+            }
+            let put = self
+                .broker
+                .put(BUCKET, key, value.clone().into_bytes().into());
+            match tokio::time::timeout(NATS_TIMEOUT, put).await {
+                Ok(Ok(())) => {
+                    tracing::info!(%key, "resource subscriptions published to the sidecars");
+                    if let Some(k) = self.resources.keys.as_mut() {
+                        k.insert(key.clone(), value.clone());
+                    }
+                }
+                Ok(Err(e)) => report
+                    .errors
+                    .push(format!("cannot write key {key} of bucket {BUCKET}: {e}")),
+                Err(_) => report.errors.push(format!(
+                    "cannot write key {key} of bucket {BUCKET}: NATS did not answer"
+                )),
+            }
+        }
+        for key in written.keys().filter(|k| !routing.keys.contains_key(*k)) {
+            let delete = self.broker.delete(BUCKET, key);
+            match tokio::time::timeout(NATS_TIMEOUT, delete).await {
+                Ok(Ok(())) => {
+                    tracing::info!(%key, "an app has no resource subscriptions any more");
+                    if let Some(k) = self.resources.keys.as_mut() {
+                        k.remove(key);
+                    }
+                }
+                Ok(Err(e)) => report
+                    .errors
+                    .push(format!("cannot delete key {key} of bucket {BUCKET}: {e}")),
+                Err(_) => report.errors.push(format!(
+                    "cannot delete key {key} of bucket {BUCKET}: NATS did not answer"
+                )),
+            }
+        }
+    }
+
+    async fn write_status(
+        &mut self,
+        v: &Verdict,
+        current: &SubscriptionStatus,
+        consumers: Option<&[ConsumerState]>,
+        report: &mut PassReport,
+    ) {
+        let key = format!("{}/{}", v.namespace, v.name);
+        let (status, reason) = if v.reason.ready() {
+            ("True", v.reason.as_str())
+        } else {
+            ("False", v.reason.as_str())
+        };
+        let message = truncate(v.message.clone(), 1024);
+        let previous = current.conditions.iter().find(|c| c.type_ == "Ready");
+        let transition = previous
+            .filter(|c| c.status == status && c.reason == reason)
+            .map_or_else(now, |c| c.last_transition_time.clone());
+        let ours: Vec<&ConsumerState> = consumers
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| v.consumers.contains(&c.name))
+            .collect();
+        let counted = consumers.is_some() && !v.consumers.is_empty();
+        let next = SubscriptionStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message,
+                last_transition_time: transition,
+                observed_generation: v.generation,
+            }],
+            target: Some(v.target.clone()),
+            consumers: v.consumers.clone(),
+            pending: counted.then(|| ours.iter().map(|c| c.pending).sum()),
+            ack_pending: counted.then(|| ours.iter().map(|c| c.ack_pending as u64).sum()),
+            observed_generation: v.generation,
+        };
+        let same_but_counts = SubscriptionStatus {
+            pending: current.pending,
+            ack_pending: current.ack_pending,
+            ..next.clone()
+        } == *current;
+        if next == *current {
+            return;
+        }
+        if same_but_counts {
+            let recent = self
+                .resources
+                .counted
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < COUNTS_EVERY);
+            if recent {
+                return;
+            }
+        }
+        // Merge patch: cleared fields are sent as null, or the apiserver keeps them.
+        let mut value = serde_json::to_value(&next).unwrap_or_else(|_| json!({}));
+        if let Some(map) = value.as_object_mut() {
+            for field in [
+                "target",
+                "consumers",
+                "pending",
+                "ackPending",
+                "observedGeneration",
+            ] {
+                map.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        let api: Api<Subscription> = Api::namespaced(self.kube.clone(), &v.namespace);
+        match api
+            .patch_status(
+                &v.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": value })),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.resources.counted.insert(key, Instant::now());
+                if previous.is_none_or(|c| c.reason != next.conditions[0].reason) {
+                    tracing::info!(subscription = %format!("{}/{}", v.namespace, v.name), reason = %v.reason.as_str(), message = %v.message, "Subscription status");
+                }
+            }
+            // Deleted meanwhile: nothing to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => report.errors.push(format!(
+                "cannot update the status of Subscription {key}: {e}"
+            )),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! What the `Subscription` resources ask for, decided from the resources and the inventory alone
+//! (pure, like [`super::inventory`]): per app, the entries its sidecars get through the
+//! configuration bucket; the consumers to keep; and each resource's verdict for its status.
+//!
+//! Rules, in the order they are checked:
+//! - a spec the contract refuses is `InvalidSpec`, with the entry, field and rule;
+//! - a filter the app's annotations already subscribe to is `Conflict`: the annotation wins;
+//! - a filter an older resource (by creation time, then name) of the app already has is
+//!   `Conflict`: the older one wins, so the outcome does not depend on the order of a listing;
+//! - an app whose resource entries would pass the per-pod limits of the contract refuses the
+//!   resource that would cross them (`InvalidSpec`, naming the limit);
+//! - otherwise the resource is applied: its consumers are created at once, so events are kept
+//!   from then on, and it is `Ready` when a pod with the sidecar runs the app, else
+//!   `NoSubscriber`.
+//!
+//! A resource with a `sink` is `SinkNotServed`: this version delivers only to apps' sidecars.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_core::consumer::{self, ConsumerSpec, Subscriber};
+use herald_core::contract::parse_entries;
+use herald_core::defaults::{Defaults, subscriptions_key};
+use herald_core::limits;
+
+use super::inventory::Inventory;
+use super::subscription::Subscription;
+
+/// Why a resource is or is not ready (its `Ready` condition's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Subscribed,
+    NoSubscriber,
+    InvalidSpec,
+    Conflict,
+    SinkNotServed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Subscribed => "Subscribed",
+            Reason::NoSubscriber => "NoSubscriber",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::Conflict => "Conflict",
+            Reason::SinkNotServed => "SinkNotServed",
+        }
+    }
+
+    pub fn ready(self) -> bool {
+        self == Reason::Subscribed
+    }
+}
+
+/// One resource's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub reason: Reason,
+    pub message: String,
+    /// `app <id>` or the sink.
+    pub target: String,
+    /// Its consumers (applied resources only), and their descriptions.
+    pub consumers: Vec<String>,
+    pub descriptions: Vec<String>,
+}
+
+/// The decision over every resource.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Routing {
+    /// Bucket key → the app's resource entries (a JSON list); apps without any are absent.
+    pub keys: BTreeMap<String, String>,
+    /// The consumers of applied resources.
+    pub consumers: Vec<ConsumerSpec>,
+    /// Their descriptions (`namespace/app-id/filter`), which keep them from the orphan cleanup.
+    pub subscribed: BTreeSet<String>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Decides; see the module documentation.
+pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) -> Routing {
+    let mut sorted: Vec<&Subscription> = resources.iter().collect();
+    sorted.sort_by(|a, b| {
+        let key = |s: &Subscription| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                s.metadata.namespace.clone(),
+                s.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut out = Routing::default();
+    // Per key: the applied entries, and which resource holds each description.
+    let mut entries: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut holder: BTreeMap<String, String> = BTreeMap::new();
+    for r in sorted {
+        let namespace = r.metadata.namespace.clone().unwrap_or_default();
+        let name = r.metadata.name.clone().unwrap_or_default();
+        let mut verdict = Verdict {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            generation: r.metadata.generation,
+            reason: Reason::InvalidSpec,
+            message: String::new(),
+            target: String::new(),
+            consumers: Vec::new(),
+            descriptions: Vec::new(),
+        };
+        let app = match (&r.spec.app, &r.spec.sink) {
+            (Some(app), None) => app.clone(),
+            (None, Some(sink)) => {
+                verdict.target = sink.clone();
+                verdict.reason = Reason::SinkNotServed;
+                verdict.message = "delivery to a sink is not served by this version of herald; target an app (spec.app) whose pods run the herald sidecar".into();
+                out.verdicts.push(verdict);
+                continue;
+            }
+            _ => {
+                verdict.message = "spec: set exactly one of app and sink".into();
+                out.verdicts.push(verdict);
+                continue;
+            }
+        };
+        verdict.target = format!("app {app}");
+        if let Err(rule) = herald_core::settings::parse_name(&app, limits::MAX_APP_ID_BYTES) {
+            verdict.message = format!("spec.app {app:?} {rule}");
+            out.verdicts.push(verdict);
+            continue;
+        }
+        let list = r.spec.entries();
+        let subs = match parse_entries(&list.to_string(), cluster) {
+            Ok(s) => s,
+            Err(rules) => {
+                verdict.message = format!("spec: {}", rules.join("; "));
+                out.verdicts.push(verdict);
+                continue;
+            }
+        };
+        let who = Subscriber {
+            namespace: namespace.clone(),
+            app_id: app.clone(),
+        };
+        let key = subscriptions_key(&namespace, &app);
+        let mut clashes = Vec::new();
+        for s in &subs {
+            let description = who.describe(&s.filter);
+            if inv.subscribed.contains(&description) {
+                clashes.push(format!(
+                    "the annotations of app {app} subscribe to `{}` already, and the annotation wins",
+                    s.filter
+                ));
+            } else if let Some(other) = holder.get(&description) {
+                clashes.push(format!(
+                    "Subscription {other} (older) has `{}` for app {app} already",
+                    s.filter
+                ));
+            }
+        }
+        if !clashes.is_empty() {
+            verdict.reason = Reason::Conflict;
+            verdict.message = clashes.join("; ");
+            out.verdicts.push(verdict);
+            continue;
+        }
+        let held = entries.get(&key).map_or(0, Vec::len);
+        let items = list.as_array().cloned().unwrap_or_default();
+        if held + items.len() > limits::MAX_SUBSCRIPTIONS {
+            verdict.message = format!(
+                "app {app} would have {} subscriptions from resources; the limit is {} per app",
+                held + items.len(),
+                limits::MAX_SUBSCRIPTIONS
+            );
+            out.verdicts.push(verdict);
+            continue;
+        }
+        let mut joined = entries.get(&key).cloned().unwrap_or_default();
+        joined.extend(items);
+        let size = serde_json::Value::Array(joined.clone()).to_string().len();
+        if size > limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES {
+            verdict.message = format!(
+                "app {app}'s subscriptions from resources would take {size} bytes; the limit is {}",
+                limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES
+            );
+            out.verdicts.push(verdict);
+            continue;
+        }
+        entries.insert(key, joined);
+        for s in &subs {
+            let spec = consumer::spec(&who, s);
+            holder.insert(spec.description.clone(), format!("{namespace}/{name}"));
+            out.subscribed.insert(spec.description.clone());
+            verdict.consumers.push(spec.name.clone());
+            verdict.descriptions.push(spec.description.clone());
+            out.consumers.push(spec);
+        }
+        if inv.serving.contains(&format!("{namespace}/{app}")) {
+            verdict.reason = Reason::Subscribed;
+            verdict.message = format!("delivered by the sidecars of app {app}");
+        } else {
+            verdict.reason = Reason::NoSubscriber;
+            verdict.message = format!(
+                "no running pod of app {app} in namespace {namespace} has the herald sidecar; its events are kept until one does"
+            );
+        }
+        out.verdicts.push(verdict);
+    }
+    out.keys = entries
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::Array(v).to_string()))
+        .collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::subscription::SubscriptionSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn resource(name: &str, age_secs: i64, yaml: &str) -> Subscription {
+        let spec: SubscriptionSpec = yaml_serde::from_str(yaml).unwrap();
+        let mut s = Subscription::new(name, spec);
+        s.metadata = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            generation: Some(1),
+            creation_timestamp: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 - age_secs).unwrap(),
+            )),
+            ..Default::default()
+        };
+        s
+    }
+
+    fn verdict<'a>(r: &'a Routing, name: &str) -> &'a Verdict {
+        r.verdicts.iter().find(|v| v.name == name).unwrap()
+    }
+
+    #[test]
+    fn applied_resources_reach_their_app_s_key_and_keep_their_consumers() {
+        let mut inv = Inventory::default();
+        inv.serving.insert("shop/orders".into());
+        let r = route(
+            &[
+                resource("a", 10, "app: orders\ntypes: [order.created.v1]\n"),
+                resource(
+                    "b",
+                    5,
+                    "app: orders\ntypes: [order.paid.v1]\nmaxInFlight: 3\n",
+                ),
+                resource("c", 5, "app: billing\ntypes: [order.paid.v1]\n"),
+            ],
+            &inv,
+            &Defaults::default(),
+        );
+        let orders: serde_json::Value =
+            serde_json::from_str(&r.keys["subscriptions.shop.orders"]).unwrap();
+        assert_eq!(orders.as_array().unwrap().len(), 2);
+        assert!(r.keys.contains_key("subscriptions.shop.billing"));
+        assert_eq!(verdict(&r, "a").reason, Reason::Subscribed);
+        assert_eq!(verdict(&r, "c").reason, Reason::NoSubscriber);
+        assert_eq!(r.consumers.len(), 3);
+        assert!(r.subscribed.contains("shop/billing/order.paid.v1"));
+        assert_eq!(
+            verdict(&r, "b").consumers,
+            vec![r.consumers[1].name.clone()]
+        );
+    }
+
+    #[test]
+    fn clashes_bad_specs_and_sinks_are_reported_and_not_applied() {
+        let mut inv = Inventory::default();
+        inv.subscribed.insert("shop/orders/order.created.v1".into());
+        let r = route(
+            &[
+                resource("annotated", 10, "app: orders\ntypes: [order.created.v1]\n"),
+                resource("older", 9, "app: orders\ntypes: [order.paid.v1]\n"),
+                resource("newer", 1, "app: orders\ntypes: [order.paid.v1, x.v1]\n"),
+                resource(
+                    "bad",
+                    1,
+                    "app: orders\ntypes: [y.v1]\nfilters: [{sql: \"a >\"}]\n",
+                ),
+                resource(
+                    "sink",
+                    1,
+                    "sink: http://x.shop.svc.cluster.local\ntypes: [y.v1]\n",
+                ),
+            ],
+            &inv,
+            &Defaults::default(),
+        );
+        let v = verdict(&r, "annotated");
+        assert_eq!(v.reason, Reason::Conflict);
+        assert!(v.message.contains("annotation wins"), "{}", v.message);
+        let v = verdict(&r, "newer");
+        assert_eq!(v.reason, Reason::Conflict);
+        assert!(v.message.contains("shop/older"), "{}", v.message);
+        let v = verdict(&r, "bad");
+        assert_eq!(v.reason, Reason::InvalidSpec);
+        assert!(v.message.contains("entry 1"), "{}", v.message);
+        assert_eq!(verdict(&r, "sink").reason, Reason::SinkNotServed);
+        // Only `older` reached the key; nothing of `newer` did, not even its own type.
+        let orders: serde_json::Value =
+            serde_json::from_str(&r.keys["subscriptions.shop.orders"]).unwrap();
+        assert_eq!(orders.as_array().unwrap().len(), 1);
+        assert_eq!(r.consumers.len(), 1);
+    }
+}
