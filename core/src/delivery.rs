@@ -182,7 +182,75 @@ pub fn dlq_subject(who: &Subscriber, original: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub sub: Subscription,
-    pub app_port: u16,
+    pub dest: Destination,
+}
+
+/// Where a subscription's deliveries go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    /// The app beside the sidecar: `http://127.0.0.1:<port><subscription path>`.
+    App(u16),
+    /// A sink URL, delivered to by the dispatcher (the subscription's path is not used).
+    Sink(SinkUrl),
+}
+
+/// An `http://host[:port][/path][?query]` sink, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+/// Longest sink URL accepted.
+pub const MAX_SINK_URL_BYTES: usize = 2048;
+
+impl SinkUrl {
+    /// Parses a sink; the error says what rule it breaks. Only `http`: sinks are in-cluster
+    /// Services, reached over the cluster network (as Kyma's are).
+    pub fn parse(url: &str) -> Result<SinkUrl, String> {
+        if url.len() > MAX_SINK_URL_BYTES {
+            return Err(format!(
+                "is {} bytes long; the limit is {MAX_SINK_URL_BYTES}",
+                url.len()
+            ));
+        }
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("is not a URL ({e}): {url:?}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "must be an http:// URL (in-cluster Services are reached over http), not {other}://"
+                ));
+            }
+            None => return Err(format!("must be an absolute http:// URL, not {url:?}")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("has no host: {url:?}"))?;
+        if authority.as_str().contains('@') {
+            return Err("may not carry a user name or password".into());
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(format!("has no host: {url:?}"));
+        }
+        Ok(SinkUrl {
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+
+    /// `host:port`, as the Host header carries it.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// The HTTP request delivering a stored event (its headers and payload) to the app: binary mode
@@ -248,8 +316,19 @@ pub fn request(
         }
     };
     map.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
-    let mut req = http::Request::post(format!("http://127.0.0.1:{}{}", target.app_port, sub.path))
-        .body(body)?;
+    let uri = match &target.dest {
+        Destination::App(port) => format!("http://127.0.0.1:{port}{}", sub.path),
+        Destination::Sink(sink) => {
+            // Explicit, so the request keeps it when the dispatcher connects elsewhere
+            // (`--resolve`).
+            map.insert(
+                http::header::HOST,
+                HeaderValue::from_str(&sink.authority())?,
+            );
+            format!("http://{}{}", sink.authority(), sink.path)
+        }
+    };
+    let mut req = http::Request::post(uri).body(body)?;
     *req.headers_mut() = map;
     Ok(req)
 }
@@ -259,6 +338,31 @@ mod tests {
     use super::*;
     use crate::filter::TypeFilter;
     use crate::wire::Headers;
+
+    #[test]
+    fn sink_urls_are_http_with_a_host_and_nothing_else() {
+        let s = SinkUrl::parse("http://orders.shop.svc.cluster.local/hook?x=1").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.path.as_str()),
+            ("orders.shop.svc.cluster.local", 80, "/hook?x=1")
+        );
+        assert_eq!(SinkUrl::parse("http://fn:8080").unwrap().path, "/");
+        for (bad, rule) in [
+            ("https://fn.shop.svc", "http://"),
+            ("fn.shop.svc", "absolute"),
+            ("http://user:pw@fn/", "user name"),
+            ("http:///x", "URL"),
+            ("not a url", "URL"),
+        ] {
+            let e = SinkUrl::parse(bad).unwrap_err();
+            assert!(e.contains(rule), "{bad}: {e}");
+        }
+        assert!(
+            SinkUrl::parse(&format!("http://h/{}", "a".repeat(3000)))
+                .unwrap_err()
+                .contains("limit")
+        );
+    }
 
     #[test]
     fn classification_follows_the_contract() {
@@ -429,7 +533,7 @@ mod tests {
     fn requests_carry_the_binding_and_refuse_what_http_cannot_carry() {
         let target = Target {
             sub: Subscription::new(TypeFilter::parse("a").unwrap()),
-            app_port: 8080,
+            dest: Destination::App(8080),
         };
         let mut h = Headers::new();
         h.push("ce-id", "1");

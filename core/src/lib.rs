@@ -14,6 +14,7 @@
 //!   file), validated once for the webhook and the sidecar. [`filter`]: type filters.
 //!   [`attrfilter`]: attribute filters (Subscriptions API dialects and CESQL).
 //! - [`defaults`]: the cluster's delivery defaults (the configuration bucket's value).
+//!   [`sinks`]: subscriptions to sinks, as the dispatcher gets them from the bucket.
 //! - [`delivery`]: how a delivery attempt is classified, the retry budget, dead-letter subjects
 //!   and headers, and the HTTP request an event becomes.
 //!
@@ -38,5 +39,6 @@ pub mod legacy;
 pub mod limits;
 pub mod policy;
 pub mod settings;
+pub mod sinks;
 pub mod subject;
 pub mod wire;

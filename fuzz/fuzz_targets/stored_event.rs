@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         sub.mode = mode;
         let target = Target {
             sub,
-            app_port: 8080,
+            dest: herald_core::delivery::Destination::App(8080),
         };
         let _ = request(&target, &headers, &payload, 1);
     }

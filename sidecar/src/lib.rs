@@ -10,7 +10,10 @@
 //! - [`deliver`]: broker → app. Leasing within max in flight, attribute filters, the HTTP attempt
 //!   ([`deliver::attempt`]), the retry budget, dead letters ([`deliver::deadletter`]), drain.
 //! - [`config`]: flags and variables → the pod's configuration; [`config::live`] keeps it live
-//!   (annotations file, cluster defaults from the bucket: [`config::defaults`]).
+//!   (annotations file, cluster defaults and resource subscriptions from the bucket:
+//!   [`config::defaults`]).
+//! - [`dispatch`]: `herald dispatch`, the same delivery engine for subscriptions to sinks
+//!   (Services without a sidecar), run by the control plane.
 //!
 //! Around them:
 //! - [`serve`]: process wiring (the one place that picks the broker) and exit codes;
@@ -22,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod dispatch;
 pub mod metrics;
 pub mod publish;
 pub mod readiness;

@@ -261,9 +261,15 @@ impl Herald {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("herald.log");
         let ports = dir.path().join("ports.json");
+        // `herald dispatch` has no publish API.
+        let listen: &[&str] = if mode == "dispatch" {
+            &["--admin-listen", "127.0.0.1:0"]
+        } else {
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(herald_bin())
             .arg(mode)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(listen)
             .arg("--ports-file")
             .arg(&ports)
             .args(args)
@@ -283,7 +289,11 @@ impl Herald {
                 .to_owned()
         };
         let h = Herald {
-            url: format!("http://{}", address("publish")),
+            url: if mode == "dispatch" {
+                String::new()
+            } else {
+                format!("http://{}", address("publish"))
+            },
             admin: format!("http://{}", address("admin")),
             child,
             log,

@@ -13,14 +13,19 @@
 //!   from then on, and it is `Ready` when a pod with the sidecar runs the app, else
 //!   `NoSubscriber`.
 //!
-//! A resource with a `sink` is `SinkNotServed`: this version delivers only to apps' sidecars.
+//! A resource with a `sink` goes to the dispatcher (`herald dispatch`) through the bucket key
+//! `sinks` (always written, `[]` when there is none); its sink must be an `http://` URL of a
+//! Service in the resource's own namespace (`<service>.<namespace>[.svc[.<cluster domain>]]`),
+//! as Kyma requires, or it is `InvalidSpec`. It subscribes as `sink:<name>` of its namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use herald_core::consumer::{self, ConsumerSpec, Subscriber};
 use herald_core::contract::parse_entries;
 use herald_core::defaults::{Defaults, subscriptions_key};
+use herald_core::delivery::SinkUrl;
 use herald_core::limits;
+use herald_core::sinks::{self, MAX_SINKS_BYTES, SINKS_KEY, SinkItem};
 
 use super::inventory::Inventory;
 use super::subscription::Subscription;
@@ -32,7 +37,6 @@ pub enum Reason {
     NoSubscriber,
     InvalidSpec,
     Conflict,
-    SinkNotServed,
 }
 
 impl Reason {
@@ -42,7 +46,6 @@ impl Reason {
             Reason::NoSubscriber => "NoSubscriber",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Conflict => "Conflict",
-            Reason::SinkNotServed => "SinkNotServed",
         }
     }
 
@@ -95,6 +98,7 @@ pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) ->
     // Per key: the applied entries, and which resource holds each description.
     let mut entries: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let mut holder: BTreeMap<String, String> = BTreeMap::new();
+    let mut sink_items: Vec<SinkItem> = Vec::new();
     for r in sorted {
         let namespace = r.metadata.namespace.clone().unwrap_or_default();
         let name = r.metadata.name.clone().unwrap_or_default();
@@ -112,8 +116,7 @@ pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) ->
             (Some(app), None) => app.clone(),
             (None, Some(sink)) => {
                 verdict.target = sink.clone();
-                verdict.reason = Reason::SinkNotServed;
-                verdict.message = "delivery to a sink is not served by this version of herald; target an app (spec.app) whose pods run the herald sidecar".into();
+                to_sink(r, sink, cluster, &mut sink_items, &mut verdict, &mut out);
                 out.verdicts.push(verdict);
                 continue;
             }
@@ -210,7 +213,93 @@ pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) ->
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::Array(v).to_string()))
         .collect();
+    out.keys.insert(
+        SINKS_KEY.to_owned(),
+        serde_json::to_string(&sink_items).unwrap_or_else(|_| "[]".into()),
+    );
     out
+}
+
+/// The namespace a sink's host names (`<service>.<namespace>`, optionally followed by `.svc`
+/// and the cluster domain); `None` when it names none.
+fn sink_namespace(host: &str) -> Option<&str> {
+    let mut labels = host.split('.');
+    let _service = labels.next()?;
+    let namespace = labels.next()?;
+    match labels.next() {
+        None | Some("svc") => Some(namespace),
+        Some(_) => None,
+    }
+}
+
+/// Checks a sink resource and, when it is valid, adds it to the dispatcher's list.
+fn to_sink(
+    r: &Subscription,
+    sink: &str,
+    cluster: &Defaults,
+    items: &mut Vec<SinkItem>,
+    verdict: &mut Verdict,
+    out: &mut Routing,
+) {
+    let namespace = verdict.namespace.clone();
+    let url = match SinkUrl::parse(sink) {
+        Ok(u) => u,
+        Err(rule) => {
+            verdict.message = format!("spec.sink {rule}");
+            return;
+        }
+    };
+    match sink_namespace(&url.host) {
+        Some(ns) if ns == namespace => {}
+        Some(ns) => {
+            verdict.message = format!(
+                "spec.sink {sink:?} is a Service of namespace {ns}; a sink must be in the subscription's namespace ({namespace})"
+            );
+            return;
+        }
+        None => {
+            verdict.message = format!(
+                "spec.sink {sink:?} must name a Service with its namespace: http://<service>.{namespace}.svc.cluster.local[:port][/path]"
+            );
+            return;
+        }
+    }
+    let list = r.spec.entries();
+    let subs = match parse_entries(&list.to_string(), cluster) {
+        Ok(s) => s,
+        Err(rules) => {
+            verdict.message = format!("spec: {}", rules.join("; "));
+            return;
+        }
+    };
+    let item = SinkItem {
+        namespace: namespace.clone(),
+        name: verdict.name.clone(),
+        url: sink.to_owned(),
+        entries: list,
+    };
+    let size: usize = items
+        .iter()
+        .chain(std::iter::once(&item))
+        .map(|i| serde_json::to_string(i).map_or(0, |s| s.len() + 1))
+        .sum();
+    if size > MAX_SINKS_BYTES {
+        verdict.message = format!(
+            "the cluster's subscriptions to sinks would take {size} bytes; the limit is {MAX_SINKS_BYTES}"
+        );
+        return;
+    }
+    items.push(item);
+    let who = sinks::subscriber(&namespace, &verdict.name);
+    for s in &subs {
+        let spec = consumer::spec(&who, s);
+        out.subscribed.insert(spec.description.clone());
+        verdict.consumers.push(spec.name.clone());
+        verdict.descriptions.push(spec.description.clone());
+        out.consumers.push(spec);
+    }
+    verdict.reason = Reason::Subscribed;
+    verdict.message = format!("delivered to {sink} by herald's dispatcher");
 }
 
 #[cfg(test)]
@@ -286,8 +375,15 @@ mod tests {
                 resource(
                     "sink",
                     1,
-                    "sink: http://x.shop.svc.cluster.local\ntypes: [y.v1]\n",
+                    "sink: http://fn.shop.svc.cluster.local:8080/in\ntypes: [y.v1]\n",
                 ),
+                resource(
+                    "elsewhere",
+                    1,
+                    "sink: http://fn.other.svc.cluster.local\ntypes: [y.v1]\n",
+                ),
+                resource("bare", 1, "sink: http://fn\ntypes: [y.v1]\n"),
+                resource("tls", 1, "sink: https://fn.shop.svc\ntypes: [y.v1]\n"),
             ],
             &inv,
             &Defaults::default(),
@@ -301,11 +397,21 @@ mod tests {
         let v = verdict(&r, "bad");
         assert_eq!(v.reason, Reason::InvalidSpec);
         assert!(v.message.contains("entry 1"), "{}", v.message);
-        assert_eq!(verdict(&r, "sink").reason, Reason::SinkNotServed);
-        // Only `older` reached the key; nothing of `newer` did, not even its own type.
+        // A sink of its own namespace goes to the dispatcher; others are refused with the rule.
+        assert_eq!(verdict(&r, "sink").reason, Reason::Subscribed);
+        let sinks: serde_json::Value = serde_json::from_str(&r.keys["sinks"]).unwrap();
+        assert_eq!(sinks.as_array().unwrap().len(), 1);
+        assert_eq!(sinks[0]["url"], "http://fn.shop.svc.cluster.local:8080/in");
+        let v = verdict(&r, "elsewhere");
+        assert_eq!(v.reason, Reason::InvalidSpec);
+        assert!(v.message.contains("namespace other"), "{}", v.message);
+        assert!(verdict(&r, "bare").message.contains("with its namespace"));
+        assert!(verdict(&r, "tls").message.contains("http://"));
+        // Only `older` reached the app's key; nothing of `newer` did, not even its own type.
         let orders: serde_json::Value =
             serde_json::from_str(&r.keys["subscriptions.shop.orders"]).unwrap();
         assert_eq!(orders.as_array().unwrap().len(), 1);
-        assert_eq!(r.consumers.len(), 1);
+        assert_eq!(r.consumers.len(), 2);
+        assert!(r.subscribed.contains("shop/sink:sink/y.v1"));
     }
 }

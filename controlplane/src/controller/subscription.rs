@@ -137,8 +137,7 @@ impl schemars::JsonSchema for FilterValue {
 pub struct SubscriptionStatus {
     /// `Ready`: the subscription is applied and a subscriber serves it. Reasons: `Subscribed`,
     /// `NoSubscriber` (nothing runs that serves it; its events are kept), `InvalidSpec`,
-    /// `Conflict` (another subscription of the app, or its annotations, have the filter),
-    /// `SinkNotServed`.
+    /// `Conflict` (another subscription of the app, or its annotations, have the filter).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// `app <id>` or the sink URL.

@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// The in-pod sidecar: publish API and admin API; expects the streams to exist.
     Sidecar(ServeArgs),
+    /// The central dispatcher: delivers Subscription resources' events to sinks (Services
+    /// without the sidecar); run by the control plane.
+    Dispatch(crate::dispatch::DispatchArgs),
     /// Local development: like `sidecar`, plus stream creation, and its own nats-server when no
     /// --nats-url is given.
     Dev(ServeArgs),
@@ -155,6 +158,9 @@ pub fn resolve_conn(
 /// Runs one command; `Ok` carries the exit status (the app's, for `herald run`).
 pub async fn run(cli: Cli, env: &dyn Env) -> Result<u8, AppError> {
     match cli.command {
+        Command::Dispatch(args) => {
+            crate::dispatch::run(crate::dispatch::DispatchConfig::resolve(&args, env)?).await
+        }
         Command::Sidecar(args) => {
             serve::serve(ServeConfig::resolve(RunMode::Sidecar, &args, env)?, None).await
         }

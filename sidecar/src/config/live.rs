@@ -160,20 +160,27 @@ impl Subscriptions {
     /// Makes the running subscriptions match `pod`.
     pub fn apply(&mut self, pod: &PodConfig) {
         self.shared.set(pod);
-        let wanted: HashMap<String, Target> = match pod.app_port {
+        let wanted: HashMap<String, (Arc<Deliverer>, Target)> = match pod.app_port {
             Some(app_port) => pod
                 .subscriptions
                 .iter()
                 .map(|sub| {
                     let target = Target {
                         sub: sub.clone(),
-                        app_port,
+                        dest: herald_core::delivery::Destination::App(app_port),
                     };
-                    (sub.filter.to_string(), target)
+                    (sub.filter.to_string(), (self.deliverer.clone(), target))
                 })
                 .collect(),
             None => HashMap::new(),
         };
+        self.apply_targets(wanted);
+    }
+
+    /// Makes the running subscriptions match `wanted` (key → the engine of its subscriber and
+    /// the target): the dispatcher's entry point, where subscriptions belong to many
+    /// subscribers. A key keeps its engine for life: a subscriber is part of the key.
+    pub fn apply_targets(&mut self, wanted: HashMap<String, (Arc<Deliverer>, Target)>) {
         let removed: Vec<String> = self
             .running
             .keys()
@@ -187,7 +194,7 @@ impl Subscriptions {
                 self.retire(r);
             }
         }
-        for (key, target) in wanted {
+        for (key, (deliverer, target)) in wanted {
             match self.running.get(&key) {
                 Some(r) => {
                     let changed = r.live.send_if_modified(|current| {
@@ -209,8 +216,7 @@ impl Subscriptions {
                     // Every log line of the subscription's task and its deliveries says which one.
                     let span = tracing::info_span!("subscription", subscription = %key);
                     let task = tokio::spawn(
-                        self.deliverer
-                            .clone()
+                        deliverer
                             .run(rx, stop.clone(), self.grace, move || {
                                 readiness.consumer_bound()
                             })
@@ -276,6 +282,11 @@ impl Subscriptions {
                 _ = self.shutdown.wait() => break,
             }
         }
+        self.stop_all().await;
+    }
+
+    /// Stops every subscription and waits until their deliveries in flight are done.
+    pub async fn stop_all(mut self) {
         let all: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
         for r in all {
             self.retire(r);

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::broker::{BoxFuture, Leased};
-use herald_core::delivery::{Outcome, Target, classify, request};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use herald_core::delivery::{Destination, Outcome, Target, classify, request};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -24,21 +27,18 @@ pub trait Endpoint: Send + Sync {
     ) -> BoxFuture<'a, Outcome>;
 }
 
-/// The HTTP client deliveries go through. Connections to the app are reused; the pool keeps as
-/// many as deliveries are in flight.
+/// The HTTP client deliveries go through. Connections to the app (or a sink) are reused; the
+/// pool keeps as many as deliveries are in flight.
 pub struct AppClient {
     http: Client<HttpConnector, Full<Bytes>>,
+    /// `--resolve` of the dispatcher: a sink's `host:port` connected to another address (its
+    /// Host header stays), as curl's option does.
+    resolve: HashMap<(String, u16), IpAddr>,
 }
 
 impl Default for AppClient {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        AppClient {
-            http: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
-        }
+        Self::with_resolve(HashMap::new())
     }
 }
 
@@ -54,11 +54,32 @@ impl Endpoint for AppClient {
 }
 
 impl AppClient {
+    pub fn with_resolve(resolve: HashMap<(String, u16), IpAddr>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        AppClient {
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            resolve,
+        }
+    }
+
     /// POSTs the event to the app; what its answer (or its absence) means.
     pub async fn post(&self, target: &Target, event: &dyn Leased, attempt: u32) -> Outcome {
         let sub = &target.sub;
         let req = match request(target, event.headers(), event.payload(), attempt) {
-            Ok(r) => r.map(Full::new),
+            Ok(mut r) => {
+                if let Destination::Sink(sink) = &target.dest
+                    && let Some(addr) = self.resolve.get(&(sink.host.clone(), sink.port))
+                {
+                    let to = std::net::SocketAddr::new(*addr, sink.port);
+                    if let Ok(uri) = format!("http://{to}{}", sink.path).parse() {
+                        *r.uri_mut() = uri;
+                    }
+                }
+                r.map(Full::new)
+            }
             Err(e) => {
                 return Outcome::Permanent {
                     status: 0,
@@ -75,7 +96,10 @@ impl AppClient {
             Ok(Err(e)) => Outcome::Retry {
                 status: None,
                 retry_after: None,
-                reason: format!("cannot reach the app: {e}"),
+                reason: match &target.dest {
+                    Destination::App(_) => format!("cannot reach the app: {e}"),
+                    Destination::Sink(s) => format!("cannot reach sink {}: {e}", s.authority()),
+                },
             },
             Ok(Ok(resp)) => {
                 let outcome =

@@ -67,6 +67,10 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     /// Spreads computed waits; the identity in tests, so their timing is exact.
     jitter: fn(Duration) -> Duration,
+    /// Put before the filter in the `subscription` label of the metrics: empty in a sidecar
+    /// (the pod says whose they are), `namespace/resource/` in the dispatcher, which delivers
+    /// for many.
+    label_prefix: String,
 }
 
 /// What woke a subscription's loop.
@@ -111,13 +115,39 @@ impl Deliverer {
             who,
             metrics,
             jitter,
+            label_prefix: String::new(),
         })
+    }
+
+    /// For the dispatcher: delivers to `sink_client`, and labels the metrics
+    /// `namespace/resource/filter`.
+    pub fn for_resource(
+        broker: Arc<dyn Broker>,
+        stream: &str,
+        who: Subscriber,
+        metrics: Arc<Metrics>,
+        sink_client: Arc<dyn Endpoint>,
+        resource: &str,
+    ) -> Arc<Self> {
+        Arc::new(Deliverer {
+            app: sink_client,
+            broker,
+            stream: stream.to_owned(),
+            who,
+            metrics,
+            jitter: attempt::jitter,
+            label_prefix: format!("{resource}/"),
+        })
+    }
+
+    fn label(&self, filter: &herald_core::filter::TypeFilter) -> String {
+        format!("{}{filter}", self.label_prefix)
     }
 
     /// One HTTP attempt, measured.
     async fn attempt(&self, target: &Target, event: &dyn Leased, attempt: u32) -> Outcome {
         let label = SubscriptionLabels {
-            subscription: target.sub.filter.to_string(),
+            subscription: self.label(&target.sub.filter),
         };
         let started = std::time::Instant::now();
         let outcome = self.app.send(target, event, attempt).await;
@@ -144,7 +174,7 @@ impl Deliverer {
         self.metrics
             .deliveries
             .get_or_create(&OutcomeLabels {
-                subscription: sub.filter.to_string(),
+                subscription: self.label(&sub.filter),
                 outcome,
             })
             .inc();
@@ -164,7 +194,7 @@ impl Deliverer {
             self.metrics
                 .filter_errors
                 .get_or_create(&FilterErrorLabels {
-                    subscription: sub.filter.to_string(),
+                    subscription: self.label(&sub.filter),
                     kind: kind.into(),
                 })
                 .inc();
@@ -274,10 +304,17 @@ impl Deliverer {
             return;
         };
         let consumer = self.who.consumer_name(&filter);
-        tracing::info!(%consumer, port = target.app_port, path = %target.sub.path, "subscribed");
+        match &target.dest {
+            herald_core::delivery::Destination::App(port) => {
+                tracing::info!(%consumer, port, path = %target.sub.path, "subscribed");
+            }
+            herald_core::delivery::Destination::Sink(sink) => {
+                tracing::info!(%consumer, sink = %format!("http://{}{}", sink.authority(), sink.path), "subscribed");
+            }
+        }
         bound();
         let label = SubscriptionLabels {
-            subscription: filter.to_string(),
+            subscription: self.label(&filter),
         };
         let in_flight = self
             .metrics

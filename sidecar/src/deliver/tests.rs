@@ -184,7 +184,10 @@ impl Running {
             app,
             |d| d,
         );
-        let (_tx, live) = watch::channel(Arc::new(Target { sub, app_port: 1 }));
+        let (_tx, live) = watch::channel(Arc::new(Target {
+            sub,
+            dest: herald_core::delivery::Destination::App(1),
+        }));
         let stop = Shutdown::new();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn({
