@@ -171,6 +171,28 @@ fn default_install_lines_up_with_the_binary() {
         c.command.as_deref(),
         Some(&["herald-controlplane".to_string()][..])
     );
+    // The dispatcher beside it: `herald dispatch`, every variable one of its flags.
+    let d = &pod.containers[1];
+    assert_eq!(
+        d.command.as_deref(),
+        Some(&["herald".to_string(), "dispatch".to_string()][..])
+    );
+    let help = herald_tests::herald_output(&["dispatch", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for e in d.env.iter().flatten() {
+        let flag = format!(
+            "--{}",
+            e.name
+                .trim_start_matches("HERALD_")
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        );
+        assert!(
+            help.contains(&flag),
+            "{} is no flag of herald dispatch:\n{help}",
+            e.name
+        );
+    }
     let ports: HashMap<_, _> = c
         .ports
         .iter()
