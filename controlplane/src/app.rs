@@ -117,6 +117,7 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), ControlPlaneError> {
         Some(Command::Crd { which }) => {
             let yaml = match which.as_str() {
                 "subscriptions" => crate::controller::subscription::crd_yaml(),
+                "kyma-subscriptions" => crate::controller::kyma::crd_yaml(),
                 _ => crate::controller::crd::crd_yaml(),
             }
             .map_err(|e| ControlPlaneError::Runtime(format!("cannot write the CRD: {e}")))?;

@@ -36,9 +36,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print a CustomResourceDefinition as YAML (`| kubectl apply -f -`): `eventstreams`
-    /// (the default) or `subscriptions`
+    /// (the default), `subscriptions`, or `kyma-subscriptions` (Kyma's v1alpha2 Subscription)
     Crd {
-        #[arg(default_value = "eventstreams", value_parser = ["eventstreams", "subscriptions"])]
+        #[arg(default_value = "eventstreams", value_parser = ["eventstreams", "subscriptions", "kyma-subscriptions"])]
         which: String,
     },
 }

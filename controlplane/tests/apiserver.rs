@@ -483,3 +483,139 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
     leader.stop.trigger();
     let _ = leader.task.await;
 }
+
+#[tokio::test]
+async fn kyma_subscriptions_work_as_written_through_the_dispatcher() {
+    use herald_controlplane::controller::kyma::Subscription as KymaSubscription;
+    let Some(apiserver) = Apiserver::start("kyma_subscriptions") else {
+        return;
+    };
+    let client = apiserver.client().await;
+    prepare(&client).await;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &KymaSubscription::crd())
+        .await
+        .expect("create Kyma's Subscription CRD");
+    namespace(&client, "shop").await;
+    let nats = Nats::start();
+    let leader = replica(&client, &nats, "herald-a", Duration::from_secs(3600)).await;
+    let js = nats.jetstream().await;
+    eventually(Duration::from_secs(20), "the streams created", || {
+        let js = js.clone();
+        async move { js.get_stream("HERALD").await.is_ok() }
+    })
+    .await;
+    let sink = herald_tests::sink::Sink::start().await;
+    let host = "order-fn.shop.svc.cluster.local";
+    let dispatcher = herald_tests::Herald::start(
+        "dispatch",
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--resolve",
+            &format!("{host}:{}:127.0.0.1", sink.port),
+        ],
+    )
+    .await;
+    let subs: Api<KymaSubscription> = Api::namespaced(client.clone(), "shop");
+    // Kyma's documented example, as written (with the Function's port).
+    let kyma = |name: &str, sink: &str| -> KymaSubscription {
+        serde_json::from_value(json!({
+            "apiVersion": "eventing.kyma-project.io/v1alpha2", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"sink": sink, "source": "commerce", "types": ["order.created.v1"]},
+        }))
+        .expect("a Kyma Subscription")
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let sink_url = format!("http://{host}:{}", sink.port);
+    while let Err(e) = subs
+        .create(&PostParams::default(), &kyma("order-created", &sink_url))
+        .await
+    {
+        assert!(std::time::Instant::now() < until, "create: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    subs.create(
+        &PostParams::default(),
+        &kyma("elsewhere", "http://fn.other.svc.cluster.local"),
+    )
+    .await
+    .expect("create");
+    eventually(Duration::from_secs(20), "Kyma's status filled", || {
+        let subs = subs.clone();
+        async move {
+            let Some(s) = subs.get("order-created").await.ok().and_then(|s| s.status) else {
+                return false;
+            };
+            s.ready
+                && s.types.first().is_some_and(|t| {
+                    t.original_type == "order.created.v1" && t.clean_type == "order.created.v1"
+                })
+                && s.backend.as_ref().is_some_and(|b| {
+                    b.types.first().is_some_and(|t| {
+                        t.consumer_name
+                            .as_deref()
+                            .is_some_and(|c| c.starts_with("herald-"))
+                    })
+                })
+                && s.conditions.first().is_some_and(|c| {
+                    c.type_.as_deref() == Some("Subscription active") && c.status == "True"
+                })
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "a sink of another namespace refused",
+        || {
+            let subs = subs.clone();
+            async move {
+                subs.get("elsewhere")
+                    .await
+                    .ok()
+                    .and_then(|s| s.status)
+                    .is_some_and(|s| {
+                        !s.ready
+                            && s.conditions.first().is_some_and(|c| {
+                                c.message
+                                    .as_deref()
+                                    .is_some_and(|m| m.contains("namespace other"))
+                            })
+                    })
+            }
+        },
+    )
+    .await;
+    // A Kyma app publishes a legacy event; the Function gets it as a CloudEvent.
+    let publisher = herald_tests::Herald::start(
+        "sidecar",
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--app-id",
+            "commerce",
+            "--namespace",
+            "shop",
+        ],
+    )
+    .await;
+    publisher.wait_ready().await;
+    let r = herald_tests::reqwest::Client::new()
+        .post(format!("{}/commerce/v1/events", publisher.url))
+        .json(&json!({
+            "event-type": "order.created", "event-type-version": "v1",
+            "event-time": "2026-12-02T10:00:00Z", "data": {"orderCode": "42"}
+        }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+    let got = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].header("ce-type"), Some("order.created.v1"));
+    assert_eq!(got[0].header("ce-source"), Some("commerce"));
+    assert_eq!(&got[0].body[..], br#"{"orderCode":"42"}"#);
+    drop(dispatcher);
+    leader.stop.trigger();
+    let _ = leader.task.await;
+}

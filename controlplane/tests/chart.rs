@@ -128,6 +128,18 @@ fn lint_passes_and_the_crd_copy_is_what_the_binary_prints() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Kyma's CRD is a template, rendered only when asked for.
+    let template =
+        std::fs::read_to_string(chart().join("templates/kyma-subscriptions-crd.yaml")).unwrap();
+    let inner = template
+        .strip_prefix("{{- if .Values.kyma.subscriptions }}\n")
+        .and_then(|t| t.strip_suffix("{{- end }}\n"))
+        .expect("the template is the CRD inside one `if`");
+    assert_eq!(
+        inner,
+        herald_controlplane::controller::kyma::crd_yaml().unwrap(),
+        "templates/kyma-subscriptions-crd.yaml is stale: rewrite it around `cargo run -p herald-controlplane -- crd kyma-subscriptions`"
+    );
     for (file, which, printed) in [
         (
             "eventstreams.herald.dev.yaml",
@@ -451,6 +463,18 @@ fn common_der(pem: &str) -> CertificateDer<'static> {
 
 #[test]
 fn options_render_what_they_promise() {
+    // Kyma's Subscriptions: off by default; on, their CRD and the controller's grant to them.
+    let o = render(&[]);
+    assert!(!o.contains_key("CustomResourceDefinition/subscriptions.eventing.kyma-project.io"));
+    let o = render(&["--set", "kyma.subscriptions=true"]);
+    let crd: CustomResourceDefinition = typed(
+        &o,
+        "CustomResourceDefinition/subscriptions.eventing.kyma-project.io",
+    );
+    assert_eq!(crd.spec.versions[0].name, "v1alpha2");
+    let role = serde_json::to_string(&o["ClusterRole/herald"]).unwrap();
+    assert!(role.contains("eventing.kyma-project.io"), "{role}");
+
     // cert-manager: a Certificate for the Service names, the CA injected, no generated Secret.
     let o = render(&["--set", "webhook.certificate.source=cert-manager"]);
     assert!(!o.contains_key("Secret/herald-webhook-tls"));

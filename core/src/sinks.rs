@@ -4,8 +4,9 @@
 //! The value is a JSON list, one item per resource with a sink:
 //! `[{"namespace": "shop", "name": "orders-fn", "url": "http://orders-fn.shop.svc.cluster.local",
 //! "entries": [...]}]`, the entries in the form of `herald.dev/subscriptions`, parsed with the
-//! same contract ([`crate::contract::parse_entries`]). Each resource subscribes as the app id
-//! `sink:<name>` of its namespace, so its consumers are its own, shared by every dispatcher.
+//! same contract ([`crate::contract::parse_entries`]), and `"kind": "kyma"` for Kyma's
+//! resources. Each resource subscribes as the app id `sink:<name>` (`kyma:<name>`) of its
+//! namespace, so its consumers are its own, shared by every dispatcher.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +20,22 @@ pub const SINKS_KEY: &str = "sinks";
 /// Largest value of [`SINKS_KEY`]: a NATS message's default maximum payload.
 pub const MAX_SINKS_BYTES: usize = 1024 * 1024;
 
+/// Which API a resource belongs to: herald's `Subscription` or Kyma's, which may share a name.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Herald,
+    Kyma,
+}
+
 /// One resource's sink subscriptions as the bucket holds them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkItem {
+    #[serde(default)]
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub url: String,
@@ -31,17 +45,22 @@ pub struct SinkItem {
 /// One resource's sink subscriptions, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkTarget {
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub url: SinkUrl,
     pub subscriptions: Vec<Subscription>,
 }
 
-/// Who a resource with a sink subscribes as.
-pub fn subscriber(namespace: &str, name: &str) -> Subscriber {
+/// Who a resource subscribes as when no app's sidecars serve it: `sink:<name>` (herald's) or
+/// `kyma:<name>` (Kyma's) in its namespace.
+pub fn subscriber(kind: Kind, namespace: &str, name: &str) -> Subscriber {
     Subscriber {
         namespace: namespace.to_owned(),
-        app_id: format!("sink:{name}"),
+        app_id: match kind {
+            Kind::Herald => format!("sink:{name}"),
+            Kind::Kyma => format!("kyma:{name}"),
+        },
     }
 }
 
@@ -69,6 +88,7 @@ pub fn parse(bytes: &[u8], cluster: &Defaults) -> Result<(Vec<SinkTarget>, Vec<S
         };
         match parse_entries(&item.entries.to_string(), cluster) {
             Ok(subscriptions) => ok.push(SinkTarget {
+                kind: item.kind,
                 namespace: item.namespace,
                 name: item.name,
                 url,
@@ -100,7 +120,7 @@ mod tests {
         assert!(bad[0].starts_with("shop/bad: url"), "{bad:?}");
         assert!(parse(b"{}", &Defaults::default()).is_err());
         assert_eq!(
-            subscriber("shop", "fn").describe(&ok[0].subscriptions[0].filter),
+            subscriber(Kind::Herald, "shop", "fn").describe(&ok[0].subscriptions[0].filter),
             "shop/sink:fn/order.*.v1"
         );
     }

@@ -151,7 +151,7 @@ struct Sinks {
     metrics: Arc<Metrics>,
     client: Arc<AppClient>,
     /// One engine per resource: its subscriber and its metric labels.
-    engines: HashMap<(String, String), Arc<Deliverer>>,
+    engines: HashMap<(sinks::Kind, String, String), Arc<Deliverer>>,
 }
 
 impl Sinks {
@@ -172,19 +172,19 @@ impl Sinks {
         let mut wanted = HashMap::new();
         let mut engines = HashMap::new();
         for t in targets {
-            let key = (t.namespace.clone(), t.name.clone());
+            let key = (t.kind, t.namespace.clone(), t.name.clone());
+            let who = sinks::subscriber(t.kind, &t.namespace, &t.name);
             let engine = self.engines.get(&key).cloned().unwrap_or_else(|| {
                 Deliverer::for_resource(
                     self.broker.clone(),
                     &self.stream,
-                    sinks::subscriber(&t.namespace, &t.name),
+                    who.clone(),
                     self.metrics.clone(),
                     self.client.clone(),
-                    &format!("{}/{}", t.namespace, t.name),
+                    &format!("{}/{}", t.namespace, who.app_id.replace("sink:", "")),
                 )
             });
             for sub in t.subscriptions {
-                let who = sinks::subscriber(&t.namespace, &t.name);
                 let target = Target {
                     sub,
                     dest: Destination::Sink(t.url.clone()),

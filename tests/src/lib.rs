@@ -26,6 +26,7 @@ pub mod sink;
 
 pub use herald_core;
 pub use herald_jetstream;
+pub use reqwest;
 
 /// A real nats-server for one test.
 pub struct Nats {

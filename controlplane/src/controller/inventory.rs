@@ -33,6 +33,8 @@ pub struct Workloads {
     pub pods: Vec<Pod>,
     /// herald's Subscription resources.
     pub subscriptions: Vec<super::subscription::Subscription>,
+    /// Kyma's Subscription resources (none when their CRD is not installed).
+    pub kyma: Vec<super::kyma::Subscription>,
 }
 
 /// A pod that asked for the sidecar and runs without it.

@@ -28,6 +28,7 @@
 
 pub mod crd;
 pub mod inventory;
+pub mod kyma;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;
@@ -201,10 +202,17 @@ impl Controller {
                     .as_deref()
                     .and_then(|v| herald_core::defaults::Defaults::from_json(v).ok())
                     .unwrap_or_default();
-                let routing = routing::route(&w.subscriptions, &inv, &cluster);
+                let inputs: Vec<routing::Input> = w
+                    .subscriptions
+                    .iter()
+                    .cloned()
+                    .map(routing::Input::herald)
+                    .chain(w.kyma.iter().map(kyma::input))
+                    .collect();
+                let routing = routing::route(&inputs, &inv, &cluster);
                 let consumers = self.list_consumers(&mut report).await;
                 let (held, released) = self
-                    .resources(&w.subscriptions, &routing, consumers.as_deref(), &mut report)
+                    .resources(&w, &routing, consumers.as_deref(), &mut report)
                     .await;
                 if let Some(consumers) = consumers {
                     self.orphans(&inv, &held, &released, consumers, stream_ref.as_ref(), &mut report)
@@ -363,6 +371,12 @@ impl Controller {
                 Ok(s) => s,
                 // The CRD is not installed (Helm does not upgrade CRDs): there are none.
                 Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+                Err(e) => return Err(e),
+            },
+            kyma: match list_all(Api::<kyma::Subscription>::all(c.clone())).await {
+                Ok(s) => s,
+                // Not installed, or not granted (the chart grants it with the CRD).
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Vec::new(),
                 Err(e) => return Err(e),
             },
         })
@@ -607,6 +621,19 @@ async fn subscriptions_installed(kube: &kube::Client) -> bool {
     }
 }
 
+/// Whether Kyma's Subscription CRD is installed (the chart's `kyma.subscriptions`); without it
+/// there is nothing of Kyma's to serve, which is the usual case.
+async fn kyma_installed(kube: &kube::Client) -> bool {
+    let api: Api<kyma::Subscription> = Api::all(kube.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {
+            tracing::info!(reason = %e.message, "Kyma's Subscriptions are not served (the chart's kyma.subscriptions installs their CRD and grants them)");
+            false
+        }
+        _ => true,
+    }
+}
+
 /// Runs the controller while this replica holds the lease, until `shutdown`; then releases
 /// the lease so another replica takes over at once instead of after its expiry.
 pub async fn lead(
@@ -648,10 +675,12 @@ pub async fn lead(
         controller.defaults_written = None;
         controller.resources = resources::ResourceState::default();
         let subscriptions = subscriptions_installed(&controller.kube).await;
+        let kyma = kyma_installed(&controller.kube).await;
         let watched = Arc::new(watch::Watched::start(
             &controller.kube,
             &controller.cfg.event_stream,
             subscriptions,
+            kyma,
         ));
         let listed = tokio::select! {
             _ = shutdown.wait() => false,

@@ -17,6 +17,9 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::time::Instant;
 
+use herald_core::sinks::Kind;
+
+use super::kyma;
 use super::routing::{Routing, Verdict};
 use super::subscription::{Subscription, SubscriptionStatus};
 use super::{Controller, NATS_TIMEOUT, PassReport, now, truncate};
@@ -43,7 +46,7 @@ impl Controller {
     /// since the last pass (deleted at once by the orphan step).
     pub(super) async fn resources(
         &mut self,
-        resources: &[Subscription],
+        w: &super::inventory::Workloads,
         routing: &Routing,
         consumers: Option<&[ConsumerState]>,
         report: &mut PassReport,
@@ -52,7 +55,7 @@ impl Controller {
         self.write_keys(routing, report).await;
         let mut held = HashMap::new();
         for v in &routing.verdicts {
-            let key = format!("{}/{}", v.namespace, v.name);
+            let key = format!("{:?}/{}/{}", v.kind, v.namespace, v.name);
             if !v.descriptions.is_empty() {
                 held.insert(key, v.descriptions.iter().cloned().collect());
             } else if let Some(previous) = self.resources.held.get(&key) {
@@ -69,16 +72,27 @@ impl Controller {
             .cloned()
             .collect();
         self.resources.held = held;
+        let at = |m: &kube::api::ObjectMeta, v: &Verdict| {
+            m.namespace.as_deref() == Some(v.namespace.as_str())
+                && m.name.as_deref() == Some(v.name.as_str())
+        };
         for v in &routing.verdicts {
-            let current = resources
-                .iter()
-                .find(|r| {
-                    r.metadata.namespace.as_deref() == Some(v.namespace.as_str())
-                        && r.metadata.name.as_deref() == Some(v.name.as_str())
-                })
-                .and_then(|r| r.status.clone())
-                .unwrap_or_default();
-            self.write_status(v, &current, consumers, report).await;
+            match v.kind {
+                Kind::Herald => {
+                    let current = w
+                        .subscriptions
+                        .iter()
+                        .find(|r| at(&r.metadata, v))
+                        .and_then(|r| r.status.clone())
+                        .unwrap_or_default();
+                    self.write_status(v, &current, consumers, report).await;
+                }
+                Kind::Kyma => {
+                    if let Some(r) = w.kyma.iter().find(|r| at(&r.metadata, v)) {
+                        self.write_kyma_status(v, r, report).await;
+                    }
+                }
+            }
         }
         (in_use, released)
     }
@@ -281,6 +295,37 @@ impl Controller {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => report.errors.push(format!(
                 "cannot update the status of Subscription {key}: {e}"
+            )),
+        }
+    }
+
+    /// Kyma's status fields, patched when they changed.
+    async fn write_kyma_status(
+        &mut self,
+        v: &Verdict,
+        r: &kyma::Subscription,
+        report: &mut PassReport,
+    ) {
+        let current = r.status.clone().unwrap_or_default();
+        let next = kyma::status(v, &r.spec.types, &current, now());
+        if next == current {
+            return;
+        }
+        let api: Api<kyma::Subscription> = Api::namespaced(self.kube.clone(), &v.namespace);
+        let value = serde_json::to_value(&next).unwrap_or_else(|_| json!({}));
+        match api
+            .patch_status(
+                &v.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": value })),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => report.errors.push(format!(
+                "cannot update the status of Kyma Subscription {}/{}: {e}",
+                v.namespace, v.name
             )),
         }
     }

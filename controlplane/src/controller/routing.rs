@@ -25,7 +25,7 @@ use herald_core::contract::parse_entries;
 use herald_core::defaults::{Defaults, subscriptions_key};
 use herald_core::delivery::SinkUrl;
 use herald_core::limits;
-use herald_core::sinks::{self, MAX_SINKS_BYTES, SINKS_KEY, SinkItem};
+use herald_core::sinks::{self, Kind, MAX_SINKS_BYTES, SINKS_KEY, SinkItem};
 
 use super::inventory::Inventory;
 use super::subscription::Subscription;
@@ -54,9 +54,29 @@ impl Reason {
     }
 }
 
+/// One resource to route: herald's, or Kyma's turned into herald's spec (`refused` says why it
+/// could not be).
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub kind: Kind,
+    pub sub: Subscription,
+    pub refused: Option<String>,
+}
+
+impl Input {
+    pub fn herald(sub: Subscription) -> Self {
+        Input {
+            kind: Kind::Herald,
+            sub,
+            refused: None,
+        }
+    }
+}
+
 /// One resource's verdict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub generation: Option<i64>,
@@ -82,14 +102,15 @@ pub struct Routing {
 }
 
 /// Decides; see the module documentation.
-pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) -> Routing {
-    let mut sorted: Vec<&Subscription> = resources.iter().collect();
+pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routing {
+    let mut sorted: Vec<&Input> = resources.iter().collect();
     sorted.sort_by(|a, b| {
-        let key = |s: &Subscription| {
+        let key = |i: &Input| {
             (
-                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                s.metadata.namespace.clone(),
-                s.metadata.name.clone(),
+                i.sub.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                i.sub.metadata.namespace.clone(),
+                i.sub.metadata.name.clone(),
+                i.kind,
             )
         };
         key(a).cmp(&key(b))
@@ -99,10 +120,12 @@ pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) ->
     let mut entries: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let mut holder: BTreeMap<String, String> = BTreeMap::new();
     let mut sink_items: Vec<SinkItem> = Vec::new();
-    for r in sorted {
+    for input in sorted {
+        let r = &input.sub;
         let namespace = r.metadata.namespace.clone().unwrap_or_default();
         let name = r.metadata.name.clone().unwrap_or_default();
         let mut verdict = Verdict {
+            kind: input.kind,
             namespace: namespace.clone(),
             name: name.clone(),
             generation: r.metadata.generation,
@@ -112,6 +135,12 @@ pub fn route(resources: &[Subscription], inv: &Inventory, cluster: &Defaults) ->
             consumers: Vec::new(),
             descriptions: Vec::new(),
         };
+        if let Some(rule) = &input.refused {
+            verdict.message = rule.clone();
+            verdict.target = r.spec.sink.clone().unwrap_or_default();
+            out.verdicts.push(verdict);
+            continue;
+        }
         let app = match (&r.spec.app, &r.spec.sink) {
             (Some(app), None) => app.clone(),
             (None, Some(sink)) => {
@@ -273,6 +302,7 @@ fn to_sink(
         }
     };
     let item = SinkItem {
+        kind: verdict.kind,
         namespace: namespace.clone(),
         name: verdict.name.clone(),
         url: sink.to_owned(),
@@ -290,7 +320,7 @@ fn to_sink(
         return;
     }
     items.push(item);
-    let who = sinks::subscriber(&namespace, &verdict.name);
+    let who = sinks::subscriber(verdict.kind, &namespace, &verdict.name);
     for s in &subs {
         let spec = consumer::spec(&who, s);
         out.subscribed.insert(spec.description.clone());
@@ -308,7 +338,7 @@ mod tests {
     use crate::controller::subscription::SubscriptionSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-    fn resource(name: &str, age_secs: i64, yaml: &str) -> Subscription {
+    fn resource(name: &str, age_secs: i64, yaml: &str) -> Input {
         let spec: SubscriptionSpec = yaml_serde::from_str(yaml).unwrap();
         let mut s = Subscription::new(name, spec);
         s.metadata = ObjectMeta {
@@ -320,7 +350,7 @@ mod tests {
             )),
             ..Default::default()
         };
-        s
+        Input::herald(s)
     }
 
     fn verdict<'a>(r: &'a Routing, name: &str) -> &'a Verdict {

@@ -38,6 +38,8 @@ pub struct Watched {
     event_streams: Store<EventStream>,
     /// `None` when the Subscription CRD is not installed.
     subscriptions: Option<Store<Subscription>>,
+    /// Kyma's; `None` when its CRD is not installed.
+    kyma: Option<Store<super::kyma::Subscription>>,
     /// Woken by every watch event (and every re-list).
     pub changed: Arc<Notify>,
     _tasks: JoinSet<()>,
@@ -98,7 +100,7 @@ fn strip_job_spec(s: &mut JobSpec) {
 
 impl Watched {
     /// Starts the reflectors (their watches run until this is dropped).
-    pub fn start(kube: &kube::Client, event_stream: &str, subscriptions: bool) -> Self {
+    pub fn start(kube: &kube::Client, event_stream: &str, subscriptions: bool, kyma: bool) -> Self {
         let changed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
         let cfg = || watcher::Config::default().page_size(PAGE);
@@ -191,8 +193,18 @@ impl Watched {
                 &mut tasks,
             )
         });
+        let kyma = kyma.then(|| {
+            reflect(
+                Api::all(kube.clone()),
+                cfg(),
+                |s: &mut super::kyma::Subscription| meta_only(&mut s.metadata),
+                &changed,
+                &mut tasks,
+            )
+        });
         Watched {
             subscriptions,
+            kyma,
             deployments,
             statefulsets,
             daemonsets,
@@ -220,6 +232,11 @@ impl Watched {
                     let _ = s.wait_until_ready().await;
                 }
             },
+            async {
+                if let Some(s) = &self.kyma {
+                    let _ = s.wait_until_ready().await;
+                }
+            },
         );
     }
 
@@ -240,6 +257,7 @@ impl Watched {
             jobs: all(&self.jobs),
             pods: all(&self.pods),
             subscriptions: self.subscriptions.as_ref().map(all).unwrap_or_default(),
+            kyma: self.kyma.as_ref().map(all).unwrap_or_default(),
         }
     }
 
