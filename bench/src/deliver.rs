@@ -12,6 +12,10 @@
 //!   /proc over the delivery window.
 //! - `sidecar+filter`: the same with the attribute filter `region = 'eu'`, which half the events
 //!   pass; the rate counts every event taken off the stream (delivered or filtered).
+//! - `dispatcher`: a `herald dispatch` process (this binary) given one sink subscription through
+//!   the configuration bucket, as the controller writes it (`maxInFlight: M`, `start: all`), the
+//!   sink's cluster DNS name connected to the app with `--resolve`: the central dispatcher's rate
+//!   and CPU per event beside the sidecar's.
 //!
 //! Then `e2e`: `--apps` sidecars subscribe (each its own app id, so each gets every event); events
 //! are published through the first one's HTTP API at `--rate` events/s, each carrying the time it
@@ -79,7 +83,14 @@ pub struct DeliverArgs {
     pub nats_server_bin: Option<String>,
 }
 
-const SCENARIOS: [&str; 5] = ["raw", "raw+http", "sidecar", "sidecar+filter", "e2e"];
+const SCENARIOS: [&str; 6] = [
+    "raw",
+    "raw+http",
+    "sidecar",
+    "sidecar+filter",
+    "dispatcher",
+    "e2e",
+];
 
 /// The attribute filter of the `sidecar+filter` scenario: half the pre-filled events carry
 /// `region: eu`, the other half `region: us`.
@@ -308,7 +319,8 @@ pub async fn run(args: DeliverArgs, env: &dyn Env) -> Result<(), BenchError> {
         if !(s.wants("raw")
             || s.wants("raw+http")
             || s.wants("sidecar")
-            || s.wants("sidecar+filter"))
+            || s.wants("sidecar+filter")
+            || s.wants("dispatcher"))
         {
             break;
         }
@@ -342,6 +354,14 @@ pub async fn run(args: DeliverArgs, env: &dyn Env) -> Result<(), BenchError> {
                     ..r
                 });
             }
+        }
+        if s.wants("dispatcher") {
+            let r = dispatcher_consume(&url, &js, &app, m, s.events, &payload.run).await?;
+            eprintln!("  dispatcher @ {m}: {:.0} ev/s", r.rate());
+            results.push(Throughput {
+                name: format!("dispatcher @ in-flight {m}"),
+                ..r
+            });
         }
     }
 
@@ -588,7 +608,6 @@ async fn sidecar_consume(
     }
     // Events taken off the stream per delivery.
     let per_delivery = if filter.is_some() { 2 } else { 1 };
-    let n_delivered = n.div_ceil(per_delivery);
     let name = if filter.is_some() {
         "sidecar+filter"
     } else {
@@ -596,7 +615,95 @@ async fn sidecar_consume(
     };
     let app_id = bench_subscriber(&format!("{name}-{m}"), run).app_id;
     let (sidecar, _) = start_sidecar(url, app, &app_id, &yaml, dir).await?;
-    let pid = sidecar.0.id();
+    measure(
+        app,
+        &sidecar,
+        before,
+        n,
+        per_delivery,
+        &format!("{name} @ {m}"),
+    )
+    .await
+}
+
+/// The `dispatcher` scenario: one sink subscription in the bucket, `herald dispatch` delivering
+/// it to the app through `--resolve`.
+async fn dispatcher_consume(
+    url: &str,
+    js: &jetstream::Context,
+    app: &App,
+    m: usize,
+    n: u64,
+    run: &str,
+) -> Result<Throughput, BenchError> {
+    use herald_core::broker::ConfigStore as _;
+    let before = app.count();
+    let host = "bench-sink.bench.svc.cluster.local";
+    let port = app.addr.port();
+    let value = serde_json::json!([{
+        "namespace": "bench",
+        "name": format!("dispatch-{m}-{}", &run[..8]),
+        "url": format!("http://{host}:{port}/"),
+        "entries": [{"type": TYPE, "source": SOURCE, "maxInFlight": m, "start": "all"}],
+    }]);
+    let broker =
+        herald_jetstream::JetStream::new(js.client().clone(), Duration::from_secs(5), STREAM);
+    let put = async {
+        broker
+            .ensure_bucket(herald_core::defaults::BUCKET, 1)
+            .await?;
+        broker
+            .put(
+                herald_core::defaults::BUCKET,
+                herald_core::sinks::SINKS_KEY,
+                Bytes::from(value.to_string()),
+            )
+            .await
+    };
+    put.await
+        .map_err(|e| BenchError::Runtime(format!("the sink subscription: {e}")))?;
+    let admin = free_addr()?;
+    let exe = match std::env::var_os("HERALD_BENCH_SIDECAR_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => std::env::current_exe().map_err(|e| BenchError::Runtime(e.to_string()))?,
+    };
+    let child = std::process::Command::new(exe)
+        .args(["dispatch", "--nats-url", url, "--stream", STREAM])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .env(
+            "HERALD_LOG",
+            std::env::var("HERALD_BENCH_SIDECAR_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Runtime(format!("cannot start the dispatcher: {e}")))?;
+    let dispatcher = SidecarProcess(child);
+    wait_ready(admin).await?;
+    let r = measure(app, &dispatcher, before, n, 1, &format!("dispatcher @ {m}")).await;
+    // The next scenario starts from an empty key.
+    let _ = broker
+        .put(
+            herald_core::defaults::BUCKET,
+            herald_core::sinks::SINKS_KEY,
+            Bytes::from_static(b"[]"),
+        )
+        .await;
+    r
+}
+
+/// Waits until `process` delivered what `n` pre-filled events make (`per_delivery` taken off
+/// the stream per delivery), timed from its first delivery to its last, with its CPU time.
+async fn measure(
+    app: &App,
+    process: &SidecarProcess,
+    before: u64,
+    n: u64,
+    per_delivery: u64,
+    name: &str,
+) -> Result<Throughput, BenchError> {
+    let n_delivered = n.div_ceil(per_delivery);
+    let pid = process.0.id();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
     loop {
@@ -609,7 +716,7 @@ async fn sidecar_consume(
         }
         if Instant::now() > deadline {
             return Err(BenchError::Runtime(format!(
-                "{name} @ {m}: {got} of {n_delivered} events delivered within 600 s"
+                "{name}: {got} of {n_delivered} events delivered within 600 s"
             )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
