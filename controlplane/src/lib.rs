@@ -12,7 +12,9 @@
 //!   both streams reconciled through the broker seam ([`controller::reconcile`]), what the
 //!   workloads subscribe to and which pods missed their sidecar ([`controller::inventory`], pure),
 //!   read through reflectors ([`controller::watch`]), delivery defaults to the sidecars' bucket,
-//!   orphan consumers, Events.
+//!   orphan consumers, Events; herald's `Subscription` ([`controller::subscription`]) and Kyma's
+//!   ([`controller::kyma`]), routed ([`controller::routing`], pure) and applied
+//!   ([`controller::resources`]).
 //! - [`config`]: flags and `HERALD_*` variables; [`limits`]: every limit on what reaches the
 //!   control plane; [`app`]: wiring, readiness and the drain. Each half measures itself
 //!   ([`webhook::metrics`], [`controller::metrics`]).

@@ -8,7 +8,11 @@
 //! 2. the workloads (Deployments, StatefulSets, DaemonSets, CronJobs, Jobs and pods, cluster
 //!    wide, judged by [`inventory`]): pods that asked for the sidecar and run without it
 //!    are counted and reported on their owner, and herald consumers nothing subscribes to any more
-//!    are deleted once they have been orphans for the grace period.
+//!    are deleted once they have been orphans for the grace period;
+//! 3. herald's and Kyma's `Subscription` resources ([`subscription`], [`kyma`]): decided by
+//!    [`routing`] (pure), acted on by [`resources`]: their consumers created at once, each app's
+//!    entries written to its key of the bucket and the sink subscriptions to the dispatcher's,
+//!    statuses patched; a deleted resource's consumers deleted at once.
 //!
 //! The broker is reached through its seam ([`herald_core::broker`]); Kubernetes Events are
 //! published with kube-rs's [`Recorder`] (events.k8s.io, repeats folded into a series).
