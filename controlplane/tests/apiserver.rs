@@ -437,7 +437,35 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
     })
     .await;
 
-    // A pod of app `orders` with the sidecar makes the resource Ready.
+    // The sidecar publishes its delivery facts for the resource (every few seconds)...
+    let consumer_name = subs
+        .get("orders-paid")
+        .await
+        .expect("get")
+        .status
+        .expect("a status")
+        .consumers[0]
+        .clone();
+    let broker = nats.broker().await;
+    eventually(
+        Duration::from_secs(20),
+        "the delivery facts published",
+        || {
+            let (broker, key) = (&broker, herald_core::report::status_key(&consumer_name));
+            async move {
+                use herald_core::broker::ConfigStore as _;
+                broker
+                    .get(herald_core::defaults::BUCKET, &key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }
+        },
+    )
+    .await;
+
+    // ...and a pod of app `orders` with the sidecar makes the resource Ready, with those facts.
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "orders-1", "namespace": "shop"},
         "spec": {"containers": [
@@ -459,6 +487,15 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
         }
     })
     .await;
+    let status = subs
+        .get("orders-paid")
+        .await
+        .expect("get")
+        .status
+        .expect("a status");
+    assert!(status.last_delivery.is_some(), "{status:?}");
+    assert_eq!(status.dead_letters, Some(0), "{status:?}");
+    assert_eq!(status.pending, Some(0), "{status:?}");
 
     // Deleted: the sidecar stops, the consumer goes at once (the orphan grace is an hour here),
     // and the key with it.

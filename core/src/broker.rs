@@ -224,6 +224,8 @@ pub trait Admin: Send + Sync {
         name: &str,
     ) -> BoxFuture<'_, Result<ConsumerState, BrokerError>>;
     fn delete_consumer(&self, stream: &str, name: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Messages of `stream` on subjects matching `filter` (wildcards allowed).
+    fn count(&self, stream: &str, filter: &str) -> BoxFuture<'_, Result<u64, BrokerError>>;
     /// The message at `sequence`; `None` when there is none (deleted, or a gap).
     fn message(
         &self,
@@ -256,6 +258,9 @@ pub trait ConfigStore: Send + Sync {
     /// The keys holding a value whose first token is `prefix` (`prefix.…`), sorted;
     /// [`BrokerError::NotFound`] when the bucket does not exist.
     fn keys(&self, bucket: &str, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, BrokerError>>;
+    /// The value of `key` (`None`: absent or deleted); [`BrokerError::NotFound`] when the bucket
+    /// does not exist.
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Bytes>, BrokerError>>;
     /// Follows `key`; [`BrokerError::NotFound`] when the bucket does not exist.
     fn watch(
         &self,

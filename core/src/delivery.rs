@@ -183,6 +183,9 @@ pub fn dlq_subject(who: &Subscriber, original: &str) -> String {
 pub struct Target {
     pub sub: Subscription,
     pub dest: Destination,
+    /// Its delivery facts (last delivery, last failure) are published for a resource's status
+    /// ([`crate::report`]): the subscriptions of Subscription resources only.
+    pub reported: bool,
 }
 
 /// Where a subscription's deliveries go.
@@ -534,6 +537,7 @@ mod tests {
         let target = Target {
             sub: Subscription::new(TypeFilter::parse("a").unwrap()),
             dest: Destination::App(8080),
+            reported: false,
         };
         let mut h = Headers::new();
         h.push("ce-id", "1");

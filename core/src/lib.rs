@@ -15,6 +15,7 @@
 //!   [`attrfilter`]: attribute filters (Subscriptions API dialects and CESQL).
 //! - [`defaults`]: the cluster's delivery defaults (the configuration bucket's value).
 //!   [`sinks`]: subscriptions to sinks, as the dispatcher gets them from the bucket.
+//!   [`report`]: a resource subscription's delivery facts, published for its status.
 //! - [`delivery`]: how a delivery attempt is classified, the retry budget, dead-letter subjects
 //!   and headers, and the HTTP request an event becomes.
 //!
@@ -38,6 +39,7 @@ pub mod filter;
 pub mod legacy;
 pub mod limits;
 pub mod policy;
+pub mod report;
 pub mod settings;
 pub mod sinks;
 pub mod subject;

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let target = Target {
             sub,
             dest: herald_core::delivery::Destination::App(8080),
+            reported: false,
         };
         let _ = request(&target, &headers, &payload, 1);
     }

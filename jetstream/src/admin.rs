@@ -182,6 +182,21 @@ impl Admin for JetStream {
         })
     }
 
+    fn count(&self, stream: &str, filter: &str) -> BoxFuture<'_, Result<u64, BrokerError>> {
+        let (stream, filter) = (stream.to_owned(), filter.to_owned());
+        Box::pin(async move {
+            use futures::StreamExt as _;
+            let s = self.get_stream(&stream).await?;
+            let mut subjects = s.info_with_subjects(&filter).await.map_err(other)?;
+            let mut total = 0u64;
+            while let Some(item) = subjects.next().await {
+                let (_, n) = item.map_err(other)?;
+                total = total.saturating_add(n as u64);
+            }
+            Ok(total)
+        })
+    }
+
     fn consumer(
         &self,
         stream: &str,

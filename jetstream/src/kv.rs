@@ -92,6 +92,14 @@ impl ConfigStore for JetStream {
         })
     }
 
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Bytes>, BrokerError>> {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        Box::pin(async move {
+            let kv = self.bucket(&bucket).await?;
+            kv.get(&key).await.map_err(other)
+        })
+    }
+
     fn keys(&self, bucket: &str, prefix: &str) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
         let (bucket, prefix) = (bucket.to_owned(), format!("{prefix}."));
         Box::pin(async move {

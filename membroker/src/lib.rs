@@ -606,6 +606,22 @@ impl Admin for MemBroker {
         })
     }
 
+    fn count(&self, stream: &str, filter: &str) -> BoxFuture<'_, Result<u64, BrokerError>> {
+        let (stream, filter) = (stream.to_owned(), filter.to_owned());
+        Box::pin(async move {
+            self.disconnected()?;
+            let st = self.lock();
+            let s = st
+                .streams
+                .get(&stream)
+                .ok_or_else(|| BrokerError::NoStream(stream.clone()))?;
+            Ok(s.messages
+                .values()
+                .filter(|m| matches(&filter, &m.subject))
+                .count() as u64)
+        })
+    }
+
     fn delete_consumer(&self, stream: &str, name: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
         let (stream, name) = (stream.to_owned(), name.to_owned());
         Box::pin(async move {
@@ -717,6 +733,20 @@ impl ConfigStore for MemBroker {
             st.watchers
                 .retain(|(wb, wk, tx)| !(*wb == bucket && *wk == key) || tx.send(None).is_ok());
             Ok(())
+        })
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Bytes>, BrokerError>> {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        Box::pin(async move {
+            self.disconnected()?;
+            let st = self.lock();
+            Ok(st
+                .buckets
+                .get(&bucket)
+                .ok_or_else(|| BrokerError::NotFound(format!("bucket {bucket}")))?
+                .get(&key)
+                .cloned())
         })
     }
 

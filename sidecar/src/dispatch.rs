@@ -150,6 +150,7 @@ struct Sinks {
     stream: String,
     metrics: Arc<Metrics>,
     client: Arc<AppClient>,
+    board: Arc<crate::deliver::board::StatusBoard>,
     /// One engine per resource: its subscriber and its metric labels.
     engines: HashMap<(sinks::Kind, String, String), Arc<Deliverer>>,
 }
@@ -183,11 +184,13 @@ impl Sinks {
                     self.client.clone(),
                     &format!("{}/{}", t.namespace, who.app_id.replace("sink:", "")),
                 )
+                .with_board(self.board.clone())
             });
             for sub in t.subscriptions {
                 let target = Target {
                     sub,
                     dest: Destination::Sink(t.url.clone()),
+                    reported: true,
                 };
                 wanted.insert(who.describe(&target.sub.filter), (engine.clone(), target));
             }
@@ -286,8 +289,15 @@ pub async fn run(cfg: DispatchConfig) -> Result<u8, AppError> {
         stream: cfg.stream.clone(),
         metrics: metrics.clone(),
         client: Arc::new(AppClient::with_resolve(cfg.resolve.clone())),
+        board: crate::deliver::board::StatusBoard::new(),
         engines: HashMap::new(),
     };
+    tokio::spawn(
+        sinks
+            .board
+            .clone()
+            .run(config_store.clone(), shutdown.clone()),
+    );
     let (defaults_tx, mut cluster) = watch::channel(None);
     tokio::spawn(
         crate::config::defaults::follow(config_store.clone(), defaults_tx, shutdown.clone())

@@ -198,6 +198,25 @@ async fn a_client_error_is_dead_lettered_at_once() {
     assert!(header(m, "Herald-Dlq-Reason").unwrap().contains("400"));
     assert_eq!(header(m, "ce-id"), Some("bad-1"));
     assert_eq!(&m.payload[..], br#"{"id":"bad-1"}"#);
+    // Counted per subscriber as a Subscription's status counts them (the filter the controller
+    // derives from the consumer's own filter subject).
+    use herald_tests::herald_core::broker::Admin as _;
+    let broker = nats.broker().await;
+    let mine = herald_tests::herald_core::delivery::dlq_subject(
+        &herald_tests::herald_core::consumer::Subscriber {
+            namespace: "prod".into(),
+            app_id: "billing".into(),
+        },
+        "herald.*.order.created.v1",
+    );
+    assert_eq!(broker.count("HERALD_DLQ", &mine).await.unwrap(), 1);
+    assert_eq!(
+        broker
+            .count("HERALD_DLQ", "herald-dlq.prod.other.>")
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]

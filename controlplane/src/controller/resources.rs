@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use herald_core::broker::ConsumerState;
 use herald_core::consumer::ConsumerSpec;
 use herald_core::defaults::{BUCKET, SUBSCRIPTIONS_KEY_PREFIX};
+use herald_core::report::{DeliveryReport, status_key};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -21,7 +22,7 @@ use herald_core::sinks::Kind;
 
 use super::kyma;
 use super::routing::{Routing, Verdict};
-use super::subscription::{Subscription, SubscriptionStatus};
+use super::subscription::{LastFailure, Subscription, SubscriptionStatus};
 use super::{Controller, NATS_TIMEOUT, PassReport, now, truncate};
 
 /// Pending counts in a status are refreshed at most this often; a condition change is written
@@ -224,13 +225,7 @@ impl Controller {
         let transition = previous
             .filter(|c| c.status == status && c.reason == reason)
             .map_or_else(now, |c| c.last_transition_time.clone());
-        let ours: Vec<&ConsumerState> = consumers
-            .unwrap_or_default()
-            .iter()
-            .filter(|c| v.consumers.contains(&c.name))
-            .collect();
-        let counted = consumers.is_some() && !v.consumers.is_empty();
-        let next = SubscriptionStatus {
+        let base = SubscriptionStatus {
             conditions: vec![Condition {
                 type_: "Ready".into(),
                 status: status.into(),
@@ -241,27 +236,23 @@ impl Controller {
             }],
             target: Some(v.target.clone()),
             consumers: v.consumers.clone(),
-            pending: counted.then(|| ours.iter().map(|c| c.pending).sum()),
-            ack_pending: counted.then(|| ours.iter().map(|c| c.ack_pending as u64).sum()),
             observed_generation: v.generation,
+            ..current.clone()
         };
-        let same_but_counts = SubscriptionStatus {
-            pending: current.pending,
-            ack_pending: current.ack_pending,
-            ..next.clone()
-        } == *current;
-        if next == *current {
+        // What changes with every delivery (counts, facts) is refreshed at most once per
+        // COUNTS_EVERY; a change of anything else is written at once.
+        let recent = self
+            .resources
+            .counted
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < COUNTS_EVERY);
+        if base == *current && recent {
             return;
         }
-        if same_but_counts {
-            let recent = self
-                .resources
-                .counted
-                .get(&key)
-                .is_some_and(|t| t.elapsed() < COUNTS_EVERY);
-            if recent {
-                return;
-            }
+        let next = self.facts(v, consumers, base).await;
+        if next == *current {
+            self.resources.counted.insert(key, Instant::now());
+            return;
         }
         // Merge patch: cleared fields are sent as null, or the apiserver keeps them.
         let mut value = serde_json::to_value(&next).unwrap_or_else(|_| json!({}));
@@ -272,6 +263,9 @@ impl Controller {
                 "pending",
                 "ackPending",
                 "observedGeneration",
+                "lastDelivery",
+                "lastFailure",
+                "deadLetters",
             ] {
                 map.entry(field).or_insert(serde_json::Value::Null);
             }
@@ -297,6 +291,67 @@ impl Controller {
                 "cannot update the status of Subscription {key}: {e}"
             )),
         }
+    }
+
+    /// `base` with what the broker knows of the resource's consumers: pending counts, the
+    /// delivering processes' last delivery and last failure, and its dead letters. Each is left
+    /// out when NATS cannot say (the last written value stays).
+    async fn facts(
+        &self,
+        v: &Verdict,
+        consumers: Option<&[ConsumerState]>,
+        mut base: SubscriptionStatus,
+    ) -> SubscriptionStatus {
+        if v.consumers.is_empty() {
+            base.pending = None;
+            base.ack_pending = None;
+            base.last_delivery = None;
+            base.last_failure = None;
+            base.dead_letters = None;
+            return base;
+        }
+        if let Some(all) = consumers {
+            let ours = all.iter().filter(|c| v.consumers.contains(&c.name));
+            let (pending, ack) = ours.fold((0u64, 0u64), |(p, a), c| {
+                (p + c.pending, a + c.ack_pending as u64)
+            });
+            base.pending = Some(pending);
+            base.ack_pending = Some(ack);
+        }
+        for name in &v.consumers {
+            let get = self.broker.get(BUCKET, &status_key(name));
+            let Ok(Ok(Some(bytes))) = tokio::time::timeout(NATS_TIMEOUT, get).await else {
+                continue;
+            };
+            let Some(r) = DeliveryReport::parse(&bytes) else {
+                continue;
+            };
+            // RFC 3339 in UTC to the second: later is greater.
+            if r.last_delivery > base.last_delivery {
+                base.last_delivery = r.last_delivery;
+            }
+            if let Some(f) = r.last_failure
+                && base.last_failure.as_ref().is_none_or(|b| f.time > b.time)
+            {
+                base.last_failure = Some(LastFailure {
+                    time: f.time,
+                    status: f.status,
+                    reason: f.reason,
+                });
+            }
+        }
+        let mut dead = Some(0u64);
+        for filter in &v.dlq_filters {
+            let count = self.broker.count(&self.cfg.dlq_stream, filter);
+            dead = match (dead, tokio::time::timeout(NATS_TIMEOUT, count).await) {
+                (Some(d), Ok(Ok(n))) => Some(d + n),
+                _ => None,
+            };
+        }
+        if dead.is_some() {
+            base.dead_letters = dead;
+        }
+        base
     }
 
     /// Kyma's status fields, patched when they changed.

@@ -87,6 +87,8 @@ pub struct Verdict {
     /// Its consumers (applied resources only), and their descriptions.
     pub consumers: Vec<String>,
     pub descriptions: Vec<String>,
+    /// Subject filters of its dead letters in the dead-letter stream.
+    pub dlq_filters: Vec<String>,
 }
 
 /// The decision over every resource.
@@ -134,6 +136,7 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
             target: String::new(),
             consumers: Vec::new(),
             descriptions: Vec::new(),
+            dlq_filters: Vec::new(),
         };
         if let Some(rule) = &input.refused {
             verdict.message = rule.clone();
@@ -225,6 +228,10 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
             out.subscribed.insert(spec.description.clone());
             verdict.consumers.push(spec.name.clone());
             verdict.descriptions.push(spec.description.clone());
+            verdict.dlq_filters.push(herald_core::delivery::dlq_subject(
+                &who,
+                &spec.filter_subject,
+            ));
             out.consumers.push(spec);
         }
         if inv.serving.contains(&format!("{namespace}/{app}")) {
@@ -326,6 +333,10 @@ fn to_sink(
         out.subscribed.insert(spec.description.clone());
         verdict.consumers.push(spec.name.clone());
         verdict.descriptions.push(spec.description.clone());
+        verdict.dlq_filters.push(herald_core::delivery::dlq_subject(
+            &who,
+            &spec.filter_subject,
+        ));
         out.consumers.push(spec);
     }
     verdict.reason = Reason::Subscribed;
@@ -443,5 +454,9 @@ mod tests {
         assert_eq!(orders.as_array().unwrap().len(), 1);
         assert_eq!(r.consumers.len(), 2);
         assert!(r.subscribed.contains("shop/sink:sink/y.v1"));
+        assert_eq!(
+            verdict(&r, "older").dlq_filters,
+            ["herald-dlq.shop.orders.*.order.paid.v1"]
+        );
     }
 }

@@ -155,6 +155,28 @@ pub struct SubscriptionStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When an event was last delivered (RFC 3339), as the delivering sidecars or dispatcher
+    /// last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<String>,
+    /// The last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
+    /// Dead letters of its consumers in the dead-letter stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailure {
+    /// RFC 3339.
+    pub time: String,
+    /// The HTTP status of the answer, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why: the answer, or why there was none.
+    pub reason: String,
 }
 
 impl SubscriptionSpec {

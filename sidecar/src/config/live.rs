@@ -98,6 +98,8 @@ pub struct Subscriptions {
     /// The app's resource subscriptions as last read from the bucket, and what they parsed to.
     resource_text: Option<Bytes>,
     resources: Vec<Subscription>,
+    /// Filters served for resources (not shadowed by an annotation): their facts are reported.
+    from_resources: std::collections::HashSet<String>,
 }
 
 impl Subscriptions {
@@ -120,22 +122,25 @@ impl Subscriptions {
             stopping: JoinSet::new(),
             resource_text: None,
             resources: Vec::new(),
+            from_resources: std::collections::HashSet::new(),
         }
     }
 
     /// `pod` with the resource subscriptions whose filter the annotations do not list.
-    fn merged(&self, mut pod: PodConfig) -> PodConfig {
+    fn merged(&mut self, mut pod: PodConfig) -> PodConfig {
         let own: std::collections::HashSet<String> = pod
             .subscriptions
             .iter()
             .map(|s| s.filter.to_string())
             .collect();
-        pod.subscriptions.extend(
-            self.resources
-                .iter()
-                .filter(|s| !own.contains(&s.filter.to_string()))
-                .cloned(),
-        );
+        let added: Vec<Subscription> = self
+            .resources
+            .iter()
+            .filter(|s| !own.contains(&s.filter.to_string()))
+            .cloned()
+            .collect();
+        self.from_resources = added.iter().map(|s| s.filter.to_string()).collect();
+        pod.subscriptions.extend(added);
         pod
     }
 
@@ -168,6 +173,7 @@ impl Subscriptions {
                     let target = Target {
                         sub: sub.clone(),
                         dest: herald_core::delivery::Destination::App(app_port),
+                        reported: self.from_resources.contains(&sub.filter.to_string()),
                     };
                     (sub.filter.to_string(), (self.deliverer.clone(), target))
                 })

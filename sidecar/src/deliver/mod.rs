@@ -14,6 +14,7 @@
 //! ([`deadletter`]) and only then terminated.
 
 pub mod attempt;
+pub mod board;
 pub mod deadletter;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,8 @@ pub struct Deliverer {
     /// (the pod says whose they are), `namespace/resource/` in the dispatcher, which delivers
     /// for many.
     label_prefix: String,
+    /// Where the facts of reported subscriptions go ([`board`]).
+    board: Option<Arc<board::StatusBoard>>,
 }
 
 /// What woke a subscription's loop.
@@ -116,6 +119,21 @@ impl Deliverer {
             metrics,
             jitter,
             label_prefix: String::new(),
+            board: None,
+        })
+    }
+
+    /// The same engine, recording the facts of reported subscriptions on `board`.
+    pub fn with_board(self: Arc<Self>, board: Arc<board::StatusBoard>) -> Arc<Self> {
+        Arc::new(Deliverer {
+            app: self.app.clone(),
+            broker: self.broker.clone(),
+            stream: self.stream.clone(),
+            who: self.who.clone(),
+            metrics: self.metrics.clone(),
+            jitter: self.jitter,
+            label_prefix: self.label_prefix.clone(),
+            board: Some(board),
         })
     }
 
@@ -137,6 +155,7 @@ impl Deliverer {
             metrics,
             jitter: attempt::jitter,
             label_prefix: format!("{resource}/"),
+            board: None,
         })
     }
 
@@ -151,6 +170,11 @@ impl Deliverer {
         };
         let started = std::time::Instant::now();
         let outcome = self.app.send(target, event, attempt).await;
+        if target.reported
+            && let Some(board) = &self.board
+        {
+            board.record(self.who.consumer_name(&target.sub.filter), &outcome);
+        }
         self.metrics
             .delivery_duration
             .get_or_create(&label)

@@ -187,6 +187,7 @@ impl Running {
         let (_tx, live) = watch::channel(Arc::new(Target {
             sub,
             dest: herald_core::delivery::Destination::App(1),
+            reported: false,
         }));
         let stop = Shutdown::new();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();

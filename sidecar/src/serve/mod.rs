@@ -296,6 +296,10 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
             .monitor(shutdown.clone())
             .instrument(tracing::info_span!("readiness")),
     );
+    // The delivery facts of resource subscriptions, for their status.
+    let board = crate::deliver::board::StatusBoard::new();
+    let config_store: Arc<dyn ConfigStore> = Arc::new(jetstream.clone());
+    tokio::spawn(board.clone().run(config_store.clone(), shutdown.clone()));
     let deliverer = Deliverer::new(
         broker.clone(),
         &cfg.stream,
@@ -304,7 +308,8 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
             app_id: cfg.app_id.clone(),
         },
         metrics.clone(),
-    );
+    )
+    .with_board(board);
     let mut subscriptions = Subscriptions::new(
         deliverer,
         readiness.clone(),
@@ -316,7 +321,6 @@ pub async fn serve(cfg: ServeConfig, app: Option<Vec<String>>) -> Result<u8, App
     // The cluster's delivery defaults: waited for briefly, so a sidecar starts with them rather
     // than switching a moment later; without them (no controller, NATS down) the built-in ones.
     let (defaults_tx, mut cluster) = tokio::sync::watch::channel(None);
-    let config_store: Arc<dyn ConfigStore> = Arc::new(jetstream.clone());
     tokio::spawn(
         config::defaults::follow(config_store.clone(), defaults_tx, shutdown.clone())
             .instrument(tracing::info_span!("cluster_defaults")),
