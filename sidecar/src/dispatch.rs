@@ -182,7 +182,11 @@ impl Sinks {
                     who.clone(),
                     self.metrics.clone(),
                     self.client.clone(),
-                    &format!("{}/{}", t.namespace, who.app_id.replace("sink:", "")),
+                    // Metrics say `namespace/name/filter` (Kyma's resources `kyma:name`).
+                    &match t.kind {
+                        sinks::Kind::Herald => format!("{}/{}", t.namespace, t.name),
+                        sinks::Kind::Kyma => format!("{}/kyma:{}", t.namespace, t.name),
+                    },
                 )
                 .with_board(self.board.clone())
             });

@@ -13,12 +13,11 @@ use herald_core::broker::ConsumerState;
 use herald_core::consumer::ConsumerSpec;
 use herald_core::defaults::{BUCKET, SUBSCRIPTIONS_KEY_PREFIX};
 use herald_core::report::{DeliveryReport, status_key};
+use herald_core::sinks::Kind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::time::Instant;
-
-use herald_core::sinks::Kind;
 
 use super::kyma;
 use super::routing::{Routing, Verdict};
@@ -36,9 +35,9 @@ pub struct ResourceState {
     keys: Option<HashMap<String, String>>,
     /// Consumer specs this leader created or updated.
     ensured: HashMap<String, ConsumerSpec>,
-    /// Each resource's consumer descriptions (`namespace/name` → descriptions).
+    /// Each resource's consumer descriptions (`kind/namespace/name` → descriptions).
     held: HashMap<String, BTreeSet<String>>,
-    /// When each resource's counts were last written.
+    /// When each herald resource's counts and facts were last written (`namespace/name`).
     counted: HashMap<String, Instant>,
 }
 
