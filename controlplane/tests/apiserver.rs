@@ -467,7 +467,8 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
 
     // ...and a pod of app `orders` with the sidecar makes the resource Ready, with those facts.
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "orders-1", "namespace": "shop"},
+        "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"app": "orders"},
+            "annotations": {"herald.dev/inject": "true", "herald.dev/app-port": port.clone()}},
         "spec": {"containers": [
             {"name": "app", "image": "orders"},
             {"name": "herald", "image": "herald", "env": [{"name": "HERALD_APP_ID", "value": "orders"}]}
@@ -496,6 +497,68 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
     assert!(status.last_delivery.is_some(), "{status:?}");
     assert_eq!(status.dead_letters, Some(0), "{status:?}");
     assert_eq!(status.pending, Some(0), "{status:?}");
+
+    // A sink whose Service selects that pod (port 80 → the app's port): the app's sidecar
+    // delivers it, as the resource (no dispatcher runs in this test).
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "orders-svc", "namespace": "shop"},
+        "spec": {"selector": {"app": "orders"},
+            "ports": [{"port": 80, "targetPort": sink.port}]}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create the Service");
+    subs.create(
+        &PostParams::default(),
+        &resource(
+            "refunds-hook",
+            json!({"sink": "http://orders-svc.shop.svc.cluster.local/refunds", "types": ["refund.v1"], "source": "checkout"}),
+        ),
+    )
+    .await
+    .expect("create");
+    eventually(
+        Duration::from_secs(20),
+        "served by the app's sidecars",
+        || {
+            let subs = subs.clone();
+            async move {
+                ready(&subs, "refunds-hook")
+                    .await
+                    .is_some_and(|(s, _, m)| s == "True" && m.contains("sidecars of app orders"))
+            }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the sidecar subscribed for the sink",
+        || {
+            let log = subscriber.log_text();
+            async move { log.contains("sink:refunds-hook") }
+        },
+    )
+    .await;
+    let r = herald_tests::binary(&publisher.url, "refund-1", "checkout", "refund.v1")
+        .body("{}")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 204);
+    eventually(
+        Duration::from_secs(20),
+        "the refund delivered on /refunds",
+        || {
+            let got = sink
+                .received()
+                .iter()
+                .any(|r| r.header("ce-id") == Some("refund-1") && r.path == "/refunds");
+            async move { got }
+        },
+    )
+    .await;
 
     // Deleted: the sidecar stops, the consumer goes at once (the orphan grace is an hour here),
     // and the key with it.

@@ -100,9 +100,97 @@ pub fn parse(bytes: &[u8], cluster: &Defaults) -> Result<(Vec<SinkTarget>, Vec<S
     Ok((ok, bad))
 }
 
+/// The member of an entry in an app's key (`subscriptions.<ns>.<app>`) that says the app's
+/// sidecars deliver it on behalf of a resource with a sink (whose Service selects the app's
+/// pods): its value is the resource's subscriber, `sink:<name>` or `kyma:<name>`. Not part of the
+/// annotation form.
+pub const AS_MEMBER: &str = "as";
+
+/// An app's key, parsed: its own subscriptions (resources targeting the app) and those it
+/// delivers for resources with a sink (the subscriber's app id with each).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppValue {
+    pub own: Vec<Subscription>,
+    pub adopted: Vec<(String, Subscription)>,
+}
+
+/// Parses an app's key: entries in the annotation form, some with [`AS_MEMBER`]. An `as` other
+/// than `sink:<name>` or `kyma:<name>` is refused: an app's key can never make its sidecars
+/// consume as another app.
+pub fn parse_app_value(text: &str, cluster: &Defaults) -> Result<AppValue, Vec<String>> {
+    if text.len() > crate::limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES {
+        return Err(vec![format!(
+            "the app's resource subscriptions are {} bytes long; the limit is {}",
+            text.len(),
+            crate::limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES
+        )]);
+    }
+    let items: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(text)
+        .map_err(|e| vec![format!("not a JSON list of subscription entries: {e}")])?;
+    let mut groups: Vec<(Option<String>, Vec<serde_json::Value>)> = Vec::new();
+    for (i, mut item) in items.into_iter().enumerate() {
+        let who = match item.remove(AS_MEMBER) {
+            None => None,
+            Some(serde_json::Value::String(a))
+                if (a.starts_with("sink:") || a.starts_with("kyma:")) && a.len() > 5 =>
+            {
+                Some(a)
+            }
+            Some(other) => {
+                return Err(vec![format!(
+                    "entry {}: `as` must be sink:<name> or kyma:<name>, not {other}",
+                    i + 1
+                )]);
+            }
+        };
+        match groups.iter_mut().find(|(w, _)| *w == who) {
+            Some((_, list)) => list.push(serde_json::Value::Object(item)),
+            None => groups.push((who, vec![serde_json::Value::Object(item)])),
+        }
+    }
+    let mut out = AppValue::default();
+    for (who, list) in groups {
+        let subs = parse_entries(&serde_json::Value::Array(list).to_string(), cluster)?;
+        match who {
+            None => out.own = subs,
+            Some(w) => out.adopted.extend(subs.into_iter().map(|s| (w.clone(), s))),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_s_key_holds_its_own_entries_and_those_it_delivers_for_sinks() {
+        let v = parse_app_value(
+            r#"[{"type": "a.v1"}, {"type": "b.v1", "as": "sink:fn", "path": "/in"},
+                {"type": "c.v1", "as": "kyma:order"}]"#,
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(v.own.len(), 1);
+        assert_eq!(v.adopted.len(), 2);
+        assert_eq!(v.adopted[0].0, "sink:fn");
+        assert_eq!(v.adopted[0].1.path, "/in");
+        for bad in [
+            r#"[{"type": "a.v1", "as": "orders"}]"#,
+            r#"[{"type": "a.v1", "as": 3}]"#,
+        ] {
+            let e = parse_app_value(bad, &Defaults::default()).unwrap_err();
+            assert!(e[0].contains("`as`"), "{e:?}");
+        }
+        // The annotation form still refuses it.
+        assert!(
+            parse_entries(
+                r#"[{"type": "a.v1", "as": "sink:fn"}]"#,
+                &Defaults::default()
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn items_parse_apart_and_a_bad_one_does_not_take_the_others() {

@@ -11,7 +11,7 @@
 //! name; a running pod's is the `HERALD_APP_ID` the webhook gave its sidecar, which is exactly
 //! what named its consumers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herald_core::consumer::Subscriber;
 use herald_core::contract::{self as subscribe, APP_ID};
@@ -35,6 +35,8 @@ pub struct Workloads {
     pub subscriptions: Vec<super::subscription::Subscription>,
     /// Kyma's Subscription resources (none when their CRD is not installed).
     pub kyma: Vec<super::kyma::Subscription>,
+    /// Services (selector and ports), for sinks served by sidecars.
+    pub services: Vec<k8s_openapi::api::core::v1::Service>,
 }
 
 /// A pod that asked for the sidecar and runs without it.
@@ -80,6 +82,10 @@ pub struct Inventory {
     /// `namespace/app-id` of every running pod with the herald sidecar: who can serve a
     /// Subscription resource.
     pub serving: BTreeSet<String>,
+    /// `namespace/service/port` → the app whose sidecars can serve a sink there: every running
+    /// pod the Service selects has the sidecar with that app id and `herald.dev/app-port` equal
+    /// to the port's (numeric) target port.
+    pub sink_apps: BTreeMap<String, String>,
 }
 
 impl Inventory {
@@ -152,7 +158,68 @@ pub fn take(w: &Workloads) -> Inventory {
             None => {}
         }
     }
+    inv.sink_apps = sink_apps(w);
     inv
+}
+
+/// See [`Inventory::sink_apps`].
+fn sink_apps(w: &Workloads) -> BTreeMap<String, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut out = BTreeMap::new();
+    for svc in &w.services {
+        let (Some(ns), Some(name), Some(spec)) =
+            (&svc.metadata.namespace, &svc.metadata.name, &svc.spec)
+        else {
+            continue;
+        };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let selected: Vec<&Pod> = w
+            .pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && running(p))
+            .filter(|p| {
+                let labels = p.metadata.labels.as_ref();
+                selector
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .collect();
+        // Every selected pod: the same app id with the sidecar, the same app port.
+        let mut served: Option<(&str, u16)> = None;
+        let mut all = !selected.is_empty();
+        for p in &selected {
+            let app = sidecar_app_id(p).filter(|a| !a.is_empty());
+            let port = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(subscribe::APP_PORT))
+                .and_then(|v| v.trim().parse::<u16>().ok());
+            match (app, port, served) {
+                (Some(a), Some(p), None) => served = Some((a, p)),
+                (Some(a), Some(p), Some((sa, sp))) if a == sa && p == sp => {}
+                _ => all = false,
+            }
+        }
+        let Some((app, app_port)) = served.filter(|_| all) else {
+            continue;
+        };
+        for port in spec.ports.iter().flatten() {
+            let target = match &port.target_port {
+                None => Some(port.port),
+                Some(IntOrString::Int(n)) => Some(*n),
+                // A named port would need the containers' ports, which the controller does not
+                // keep: the dispatcher serves it.
+                Some(IntOrString::String(_)) => None,
+            };
+            if target == Some(i32::from(app_port)) {
+                out.insert(format!("{ns}/{name}/{}", port.port), app.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Adds the descriptions of what `meta`'s annotations subscribe to. Annotations that do not
@@ -357,6 +424,51 @@ mod tests {
             inv.subscribed.into_iter().collect::<Vec<_>>(),
             ["shop/legacy/order.created.v1"]
         );
+    }
+
+    #[test]
+    fn a_service_whose_pods_all_run_the_sidecar_on_its_target_port_is_served_by_them() {
+        let sidecar_pod = |name: &str, app: &str, port: &str| {
+            pod(json!({
+                "metadata": {"name": name, "namespace": "shop", "labels": {"app": "refunds"},
+                    "annotations": {"herald.dev/inject": "true", "herald.dev/app-port": port}},
+                "spec": {"containers": [{"name": "app"},
+                    {"name": "herald", "env": [{"name": "HERALD_APP_ID", "value": app}]}]}
+            }))
+        };
+        let service = |target: serde_json::Value| -> k8s_openapi::api::core::v1::Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "refunds", "namespace": "shop"},
+                "spec": {"selector": {"app": "refunds"},
+                    "ports": [{"port": 80, "targetPort": target}, {"port": 9090}]}
+            }))
+            .unwrap()
+        };
+        let mut w = Workloads {
+            pods: vec![
+                sidecar_pod("r-1", "refunds", "8080"),
+                sidecar_pod("r-2", "refunds", "8080"),
+            ],
+            services: vec![service(json!(8080))],
+            ..Default::default()
+        };
+        let inv = take(&w);
+        assert_eq!(
+            inv.sink_apps.into_iter().collect::<Vec<_>>(),
+            [("shop/refunds/80".to_owned(), "refunds".to_owned())]
+        );
+        // A named target port, a pod without the sidecar, or two app ids: the dispatcher's.
+        w.services = vec![service(json!("http"))];
+        assert!(take(&w).sink_apps.is_empty());
+        w.services = vec![service(json!(8080))];
+        w.pods.push(pod(json!({
+            "metadata": {"name": "r-3", "namespace": "shop", "labels": {"app": "refunds"}},
+            "spec": {"containers": [{"name": "app"}]}
+        })));
+        assert!(take(&w).sink_apps.is_empty());
+        w.pods.pop();
+        w.pods.push(sidecar_pod("r-3", "other", "8080"));
+        assert!(take(&w).sink_apps.is_empty());
     }
 
     #[test]

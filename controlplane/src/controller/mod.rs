@@ -377,6 +377,7 @@ impl Controller {
                 Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
                 Err(e) => return Err(e),
             },
+            services: list_all(Api::<k8s_openapi::api::core::v1::Service>::all(c.clone())).await?,
             kyma: match list_all(Api::<kyma::Subscription>::all(c.clone())).await {
                 Ok(s) => s,
                 // Not installed, or not granted (the chart grants it with the CRD).

@@ -148,7 +148,11 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
             (Some(app), None) => app.clone(),
             (None, Some(sink)) => {
                 verdict.target = sink.clone();
-                to_sink(r, sink, cluster, &mut sink_items, &mut verdict, &mut out);
+                let mut sinks = Sinks {
+                    items: &mut sink_items,
+                    entries: &mut entries,
+                };
+                to_sink(r, sink, cluster, inv, &mut sinks, &mut verdict, &mut out);
                 out.verdicts.push(verdict);
                 continue;
             }
@@ -269,11 +273,19 @@ fn sink_namespace(host: &str) -> Option<&str> {
 }
 
 /// Checks a sink resource and, when it is valid, adds it to the dispatcher's list.
+/// Where sink resources go: the dispatcher's list, or the key of the app whose pods the sink's
+/// Service selects.
+struct Sinks<'a> {
+    items: &'a mut Vec<SinkItem>,
+    entries: &'a mut BTreeMap<String, Vec<serde_json::Value>>,
+}
+
 fn to_sink(
     r: &Subscription,
     sink: &str,
     cluster: &Defaults,
-    items: &mut Vec<SinkItem>,
+    inv: &Inventory,
+    to: &mut Sinks<'_>,
     verdict: &mut Verdict,
     out: &mut Routing,
 ) {
@@ -308,26 +320,70 @@ fn to_sink(
             return;
         }
     };
-    let item = SinkItem {
-        kind: verdict.kind,
-        namespace: namespace.clone(),
-        name: verdict.name.clone(),
-        url: sink.to_owned(),
-        entries: list,
-    };
-    let size: usize = items
-        .iter()
-        .chain(std::iter::once(&item))
-        .map(|i| serde_json::to_string(i).map_or(0, |s| s.len() + 1))
-        .sum();
-    if size > MAX_SINKS_BYTES {
-        verdict.message = format!(
-            "the cluster's subscriptions to sinks would take {size} bytes; the limit is {MAX_SINKS_BYTES}"
-        );
-        return;
-    }
-    items.push(item);
     let who = sinks::subscriber(verdict.kind, &namespace, &verdict.name);
+    let service = url.host.split('.').next().unwrap_or_default();
+    match inv
+        .sink_apps
+        .get(&format!("{namespace}/{service}/{}", url.port))
+    {
+        // The Service's pods run the sidecar: they deliver, on the resource's behalf (its
+        // consumers stay its own whoever delivers, so nothing is lost when that changes).
+        Some(app) => {
+            let key = subscriptions_key(&namespace, app);
+            let mut joined = to.entries.get(&key).cloned().unwrap_or_default();
+            let items = list.as_array().cloned().unwrap_or_default();
+            if joined.len() + items.len() > limits::MAX_SUBSCRIPTIONS {
+                verdict.message = format!(
+                    "app {app}, whose pods the sink's Service selects, would have {} subscriptions from resources; the limit is {} per app",
+                    joined.len() + items.len(),
+                    limits::MAX_SUBSCRIPTIONS
+                );
+                return;
+            }
+            for mut item in items {
+                if let Some(o) = item.as_object_mut() {
+                    o.insert(sinks::AS_MEMBER.into(), who.app_id.clone().into());
+                    o.insert("path".into(), url.path.clone().into());
+                }
+                joined.push(item);
+            }
+            let size = serde_json::Value::Array(joined.clone()).to_string().len();
+            if size > limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES {
+                verdict.message = format!(
+                    "app {app}'s subscriptions from resources would take {size} bytes; the limit is {}",
+                    limits::MAX_SUBSCRIPTIONS_ANNOTATION_BYTES
+                );
+                return;
+            }
+            to.entries.insert(key, joined);
+            verdict.message = format!(
+                "delivered to {sink} by the sidecars of app {app}, which the Service's pods run"
+            );
+        }
+        None => {
+            let item = SinkItem {
+                kind: verdict.kind,
+                namespace: namespace.clone(),
+                name: verdict.name.clone(),
+                url: sink.to_owned(),
+                entries: list,
+            };
+            let size: usize = to
+                .items
+                .iter()
+                .chain(std::iter::once(&item))
+                .map(|i| serde_json::to_string(i).map_or(0, |s| s.len() + 1))
+                .sum();
+            if size > MAX_SINKS_BYTES {
+                verdict.message = format!(
+                    "the cluster's subscriptions to sinks would take {size} bytes; the limit is {MAX_SINKS_BYTES}"
+                );
+                return;
+            }
+            to.items.push(item);
+            verdict.message = format!("delivered to {sink} by herald's dispatcher");
+        }
+    }
     for s in &subs {
         let spec = consumer::spec(&who, s);
         out.subscribed.insert(spec.description.clone());
@@ -340,7 +396,6 @@ fn to_sink(
         out.consumers.push(spec);
     }
     verdict.reason = Reason::Subscribed;
-    verdict.message = format!("delivered to {sink} by herald's dispatcher");
 }
 
 #[cfg(test)]
@@ -397,6 +452,43 @@ mod tests {
             verdict(&r, "b").consumers,
             vec![r.consumers[1].name.clone()]
         );
+    }
+
+    #[test]
+    fn a_sink_whose_pods_run_the_sidecar_goes_to_their_app_as_the_resource() {
+        let mut inv = Inventory::default();
+        inv.sink_apps
+            .insert("shop/refunds/8080".into(), "payments".into());
+        let r = route(
+            &[resource(
+                "refund-hook",
+                1,
+                "sink: http://refunds.shop.svc.cluster.local:8080/in\ntypes: [refund.v1]\n",
+            )],
+            &inv,
+            &Defaults::default(),
+        );
+        let v = verdict(&r, "refund-hook");
+        assert_eq!(v.reason, Reason::Subscribed);
+        assert!(
+            v.message.contains("sidecars of app payments"),
+            "{}",
+            v.message
+        );
+        assert_eq!(r.keys["sinks"], "[]");
+        let app: serde_json::Value =
+            serde_json::from_str(&r.keys["subscriptions.shop.payments"]).unwrap();
+        assert_eq!(app[0]["as"], "sink:refund-hook");
+        assert_eq!(app[0]["path"], "/in");
+        // Its consumer is the resource's, whoever delivers.
+        assert!(r.subscribed.contains("shop/sink:refund-hook/refund.v1"));
+        // What the sidecars read back.
+        let back = herald_core::sinks::parse_app_value(
+            &r.keys["subscriptions.shop.payments"],
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(back.adopted[0].0, "sink:refund-hook");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, Pod, PodSpec, PodStatus, PodTemplateSpec, Service, ServiceSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
@@ -35,6 +37,7 @@ pub struct Watched {
     cronjobs: Store<CronJob>,
     jobs: Store<Job>,
     pods: Store<Pod>,
+    services: Store<Service>,
     event_streams: Store<EventStream>,
     /// `None` when the Subscription CRD is not installed.
     subscriptions: Option<Store<Subscription>>,
@@ -177,6 +180,25 @@ impl Watched {
             &changed,
             &mut tasks,
         );
+        // Services: their selector and ports (sinks whose pods run the sidecar).
+        let services = reflect(
+            Api::all(kube.clone()),
+            cfg(),
+            |s: &mut Service| {
+                meta_only(&mut s.metadata);
+                s.metadata.annotations = None;
+                s.status = None;
+                if let Some(spec) = s.spec.as_mut() {
+                    *spec = ServiceSpec {
+                        selector: spec.selector.take(),
+                        ports: spec.ports.take(),
+                        ..Default::default()
+                    };
+                }
+            },
+            &changed,
+            &mut tasks,
+        );
         let event_streams = reflect(
             Api::all(kube.clone()),
             watcher::Config::default().fields(&format!("metadata.name={event_stream}")),
@@ -211,6 +233,7 @@ impl Watched {
             cronjobs,
             jobs,
             pods,
+            services,
             event_streams,
             changed,
             _tasks: tasks,
@@ -226,6 +249,7 @@ impl Watched {
             self.cronjobs.wait_until_ready(),
             self.jobs.wait_until_ready(),
             self.pods.wait_until_ready(),
+            self.services.wait_until_ready(),
             self.event_streams.wait_until_ready(),
             async {
                 if let Some(s) = &self.subscriptions {
@@ -256,6 +280,7 @@ impl Watched {
             cronjobs: all(&self.cronjobs),
             jobs: all(&self.jobs),
             pods: all(&self.pods),
+            services: all(&self.services),
             subscriptions: self.subscriptions.as_ref().map(all).unwrap_or_default(),
             kyma: self.kyma.as_ref().map(all).unwrap_or_default(),
         }

@@ -47,6 +47,7 @@ impl FakeCluster {
                 CRONJOBS,
                 "/apis/batch/v1/jobs",
                 "/apis/herald.dev/v1alpha1/subscriptions",
+                "/api/v1/services",
             ] {
                 s.lists.insert(list.into(), Vec::new());
             }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use herald_core::contract::{self, PodConfig, Subscription};
+use herald_core::contract::{PodConfig, Subscription};
 use herald_core::defaults::Defaults;
 use herald_core::delivery::Target;
 use herald_core::filter::TypeFilter;
@@ -100,6 +100,10 @@ pub struct Subscriptions {
     resources: Vec<Subscription>,
     /// Filters served for resources (not shadowed by an annotation): their facts are reported.
     from_resources: std::collections::HashSet<String>,
+    /// Subscriptions of resources with a sink whose Service selects this app's pods, delivered
+    /// here as their resource's subscriber (its app id with each), and the engine of each.
+    adopted: Vec<(String, Subscription)>,
+    engines: HashMap<String, Arc<Deliverer>>,
 }
 
 impl Subscriptions {
@@ -123,6 +127,8 @@ impl Subscriptions {
             resource_text: None,
             resources: Vec::new(),
             from_resources: std::collections::HashSet::new(),
+            adopted: Vec::new(),
+            engines: HashMap::new(),
         }
     }
 
@@ -145,16 +151,26 @@ impl Subscriptions {
     }
 
     /// Parses the resource subscriptions over the cluster defaults; a value that does not parse
-    /// keeps the last good ones.
-    fn parse_resources(&mut self, cluster: &Defaults) {
+    /// keeps the last good ones. Says whether those delivered for sinks changed (they are not
+    /// part of the pod's configuration, so a reload does not see them).
+    fn parse_resources(&mut self, cluster: &Defaults) -> bool {
+        let before = self.adopted.clone();
+        self.parse_resources_into(cluster);
+        self.adopted != before
+    }
+
+    fn parse_resources_into(&mut self, cluster: &Defaults) {
         let parsed = match &self.resource_text {
-            None => Ok(Vec::new()),
+            None => Ok(herald_core::sinks::AppValue::default()),
             Some(bytes) => std::str::from_utf8(bytes)
                 .map_err(|e| vec![format!("not UTF-8: {e}")])
-                .and_then(|text| contract::parse_entries(text, cluster)),
+                .and_then(|text| herald_core::sinks::parse_app_value(text, cluster)),
         };
         match parsed {
-            Ok(subs) => self.resources = subs,
+            Ok(value) => {
+                self.resources = value.own;
+                self.adopted = value.adopted;
+            }
             Err(rules) => tracing::error!(
                 errors = %rules.join("; "),
                 "the app's resource subscriptions in the configuration bucket are invalid; the last good ones stay"
@@ -165,7 +181,7 @@ impl Subscriptions {
     /// Makes the running subscriptions match `pod`.
     pub fn apply(&mut self, pod: &PodConfig) {
         self.shared.set(pod);
-        let wanted: HashMap<String, (Arc<Deliverer>, Target)> = match pod.app_port {
+        let mut wanted: HashMap<String, (Arc<Deliverer>, Target)> = match pod.app_port {
             Some(app_port) => pod
                 .subscriptions
                 .iter()
@@ -180,6 +196,27 @@ impl Subscriptions {
                 .collect(),
             None => HashMap::new(),
         };
+        if let Some(app_port) = pod.app_port {
+            let mut engines = HashMap::new();
+            for (who, sub) in &self.adopted {
+                let engine = self.engines.get(who).cloned().unwrap_or_else(|| {
+                    self.deliverer
+                        .as_subscriber(herald_core::consumer::Subscriber {
+                            namespace: self.deliverer.namespace().to_owned(),
+                            app_id: who.clone(),
+                        })
+                });
+                let target = Target {
+                    sub: sub.clone(),
+                    dest: herald_core::delivery::Destination::App(app_port),
+                    reported: true,
+                };
+                // Keyed apart from the app's own filters: another subscriber, another consumer.
+                wanted.insert(format!("{who}/{}", sub.filter), (engine.clone(), target));
+                engines.insert(who.clone(), engine);
+            }
+            self.engines = engines;
+        }
         self.apply_targets(wanted);
     }
 
@@ -270,8 +307,11 @@ impl Subscriptions {
                 }
                 Ok(()) = cluster.changed() => {
                     let defaults = cluster.borrow_and_update().unwrap_or_default();
-                    self.parse_resources(&defaults);
+                    let adopted = self.parse_resources(&defaults);
                     current = self.reload(&source, current, &defaults);
+                    if adopted {
+                        self.apply(&current);
+                    }
                 }
                 Ok(()) = resources.changed() => {
                     let Some(text) = resources.borrow_and_update().clone() else {
@@ -282,8 +322,11 @@ impl Subscriptions {
                     }
                     self.resource_text = text;
                     let defaults = cluster.borrow().unwrap_or_default();
-                    self.parse_resources(&defaults);
+                    let adopted = self.parse_resources(&defaults);
                     current = self.reload(&source, current, &defaults);
+                    if adopted {
+                        self.apply(&current);
+                    }
                 }
                 _ = self.shutdown.wait() => break,
             }
@@ -567,15 +610,40 @@ mod tests {
             "the annotation wins"
         );
 
+        // One delivered for a resource with a sink whose Service selects this app's pods: its
+        // own consumer, as the resource's subscriber, not the app's.
+        tx.send_replace(Some(Some(Bytes::from_static(
+            br#"[{"type": "order.>", "maxInFlight": 3}, {"type": "payment.>", "maxInFlight": 4},
+                 {"type": "refund.v1", "as": "sink:refunds", "path": "/in", "maxInFlight": 2}]"#,
+        ))));
+        let sink_who = Subscriber {
+            namespace: "shop".into(),
+            app_id: "sink:refunds".into(),
+        };
+        let refunds = sink_who.consumer_name(&TypeFilter::parse("refund.v1").unwrap());
+        until("the sink's subscription delivered here", || {
+            h.broker
+                .consumer_state(STREAM, &refunds)
+                .is_some_and(|s| s.waiting > 0)
+        })
+        .await;
+        assert_eq!(h.consumer("refund.v1"), None, "not as the app");
+
         // Invalid: the last good ones stay.
         tx.send_replace(Some(Some(Bytes::from_static(br#"[{"type": ""}]"#))));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(h.consumer("payment.>"), Some((4, true)));
 
-        // Gone: its subscription stops; the annotation's stays.
+        // Gone: its subscriptions stop; the annotation's stays.
         tx.send_replace(Some(None));
         until("the resource's subscription stopped", || {
             h.consumer("payment.>") == Some((4, false))
+        })
+        .await;
+        until("the sink's subscription stopped", || {
+            h.broker
+                .consumer_state(STREAM, &refunds)
+                .is_some_and(|s| s.waiting == 0)
         })
         .await;
         assert_eq!(h.consumer("order.>"), Some((default, true)));

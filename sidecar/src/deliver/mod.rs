@@ -123,6 +123,26 @@ impl Deliverer {
         })
     }
 
+    /// The same engine subscribing as `who` (a resource with a sink whose Service selects this
+    /// app's pods), its metrics labelled `<who's app id>/filter`.
+    pub fn as_subscriber(self: &Arc<Self>, who: Subscriber) -> Arc<Self> {
+        Arc::new(Deliverer {
+            app: self.app.clone(),
+            broker: self.broker.clone(),
+            stream: self.stream.clone(),
+            label_prefix: format!("{}/", who.app_id),
+            who,
+            metrics: self.metrics.clone(),
+            jitter: self.jitter,
+            board: self.board.clone(),
+        })
+    }
+
+    /// The namespace it subscribes in.
+    pub fn namespace(&self) -> &str {
+        &self.who.namespace
+    }
+
     /// The same engine, recording the facts of reported subscriptions on `board`.
     pub fn with_board(self: Arc<Self>, board: Arc<board::StatusBoard>) -> Arc<Self> {
         Arc::new(Deliverer {
