@@ -715,6 +715,34 @@ async fn kyma_subscriptions_work_as_written_through_the_dispatcher() {
     assert_eq!(got[0].header("ce-type"), Some("order.created.v1"));
     assert_eq!(got[0].header("ce-source"), Some("commerce"));
     assert_eq!(&got[0].body[..], br#"{"orderCode":"42"}"#);
+
+    // The Function is down: the event is kept, and delivered once it is back.
+    let mut sink = sink;
+    sink.down();
+    let r = herald_tests::reqwest::Client::new()
+        .post(format!("{}/commerce/v1/events", publisher.url))
+        .json(&json!({
+            "event-type": "order.created", "event-type-version": "v1",
+            "event-time": "2026-12-02T10:00:01Z", "data": {"orderCode": "43"}
+        }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sink.up().await;
+    eventually(
+        Duration::from_secs(60),
+        "delivered after the outage",
+        || {
+            let got = sink
+                .received()
+                .iter()
+                .any(|r| &r.body[..] == br#"{"orderCode":"43"}"#);
+            async move { got }
+        },
+    )
+    .await;
     drop(dispatcher);
     leader.stop.trigger();
     let _ = leader.task.await;
