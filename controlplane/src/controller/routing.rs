@@ -122,6 +122,7 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
     let mut entries: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let mut holder: BTreeMap<String, String> = BTreeMap::new();
     let mut sink_items: Vec<SinkItem> = Vec::new();
+    let mut sink_bytes = 0usize;
     for input in sorted {
         let r = &input.sub;
         let namespace = r.metadata.namespace.clone().unwrap_or_default();
@@ -150,6 +151,7 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
                 verdict.target = sink.clone();
                 let mut sinks = Sinks {
                     items: &mut sink_items,
+                    bytes: &mut sink_bytes,
                     entries: &mut entries,
                 };
                 to_sink(r, sink, cluster, inv, &mut sinks, &mut verdict, &mut out);
@@ -272,14 +274,17 @@ fn sink_namespace(host: &str) -> Option<&str> {
     }
 }
 
-/// Checks a sink resource and, when it is valid, adds it to the dispatcher's list.
-/// Where sink resources go: the dispatcher's list, or the key of the app whose pods the sink's
-/// Service selects.
+/// Where sink resources go: the dispatcher's list (and its size so far, kept as items are added
+/// so that thousands of sinks cost one serialization each), or the key of the app whose pods the
+/// sink's Service selects.
 struct Sinks<'a> {
     items: &'a mut Vec<SinkItem>,
+    bytes: &'a mut usize,
     entries: &'a mut BTreeMap<String, Vec<serde_json::Value>>,
 }
 
+/// Checks a sink resource and, when it is valid, adds it to the dispatcher's list or to the key
+/// of the app that serves its Service.
 fn to_sink(
     r: &Subscription,
     sink: &str,
@@ -368,18 +373,15 @@ fn to_sink(
                 url: sink.to_owned(),
                 entries: list,
             };
-            let size: usize = to
-                .items
-                .iter()
-                .chain(std::iter::once(&item))
-                .map(|i| serde_json::to_string(i).map_or(0, |s| s.len() + 1))
-                .sum();
+            // Each item and its separator; the brackets are the last 2 bytes.
+            let size = *to.bytes + serde_json::to_string(&item).map_or(0, |s| s.len() + 1) + 2;
             if size > MAX_SINKS_BYTES {
                 verdict.message = format!(
                     "the cluster's subscriptions to sinks would take {size} bytes; the limit is {MAX_SINKS_BYTES}"
                 );
                 return;
             }
+            *to.bytes = size - 2;
             to.items.push(item);
             verdict.message = format!("delivered to {sink} by herald's dispatcher");
         }
@@ -489,6 +491,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back.adopted[0].0, "sink:refund-hook");
+    }
+
+    #[test]
+    fn the_sinks_value_stays_within_its_limit() {
+        let many: Vec<Input> = (0..10_000)
+            .map(|i| {
+                resource(
+                    &format!("fn-{i}"),
+                    1,
+                    &format!(
+                        "sink: http://fn-{i}.shop.svc.cluster.local:8080/in\ntypes: [order.created.v1, order.paid.v1]\n"
+                    ),
+                )
+            })
+            .collect();
+        let r = route(&many, &Inventory::default(), &Defaults::default());
+        assert!(
+            r.keys["sinks"].len() <= MAX_SINKS_BYTES,
+            "{}",
+            r.keys["sinks"].len()
+        );
+        let refused = r
+            .verdicts
+            .iter()
+            .filter(|v| v.message.contains("the limit is 1048576"))
+            .count();
+        assert!(refused > 0 && refused < 10_000, "{refused}");
     }
 
     #[test]
