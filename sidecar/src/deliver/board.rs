@@ -14,7 +14,7 @@ use herald_core::delivery::Outcome;
 use herald_core::report::{DeliveryReport, FailureReport, PUBLISH_EVERY, rfc3339, status_key};
 use herald_runtime::shutdown::Shutdown;
 
-/// How often the board looks for something to publish.
+/// How long the board waits after a change before publishing, so a burst is one write.
 const TICK: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
@@ -28,6 +28,8 @@ struct Entry {
 #[derive(Default)]
 pub struct StatusBoard {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Woken by a record, so an idle sidecar's board sleeps instead of ticking.
+    changed: tokio::sync::Notify,
 }
 
 impl StatusBoard {
@@ -52,6 +54,8 @@ impl StatusBoard {
             }
         }
         e.dirty = true;
+        drop(entries);
+        self.changed.notify_one();
     }
 
     /// What is due for publishing, marked as written.
@@ -76,10 +80,24 @@ impl StatusBoard {
             .collect()
     }
 
+    /// Whether something changed that is not published yet.
+    fn pending(&self) -> bool {
+        self.entries
+            .lock()
+            .map(|e| e.values().any(|e| e.dirty))
+            .unwrap_or(false)
+    }
+
     /// Publishes until `shutdown`, then once more for what is left (bounded, so a NATS outage
-    /// cannot hold the exit).
+    /// cannot hold the exit). Idle (nothing recorded), it waits without waking up.
     pub async fn run(self: Arc<Self>, config: Arc<dyn ConfigStore>, shutdown: Shutdown) {
         loop {
+            if !self.pending() {
+                tokio::select! {
+                    _ = self.changed.notified() => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(TICK) => false,
                 _ = shutdown.wait() => true,
