@@ -565,7 +565,9 @@ async fn subscription_resources_keep_events_reach_running_sidecars_and_leave_wit
     subs.delete("orders-paid", &Default::default())
         .await
         .expect("delete");
-    eventually(Duration::from_secs(30), "the consumer deleted", || {
+    // At once means with the next pass (the orphan grace is an hour here); the minute is for a
+    // loaded machine.
+    eventually(Duration::from_secs(60), "the consumer deleted", || {
         let js = js.clone();
         async move {
             herald_tests::consumers(&js)

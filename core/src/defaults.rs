@@ -136,6 +136,35 @@ impl Defaults {
     }
 }
 
+/// The namespace and app id of a key made by [`subscriptions_key`]; `None` for any other key.
+pub fn parse_subscriptions_key(key: &str) -> Option<(String, String)> {
+    let rest = key
+        .strip_prefix(SUBSCRIPTIONS_KEY_PREFIX)?
+        .strip_prefix('.')?;
+    let (ns, app) = rest.split_once('.')?;
+    let decode = |part: &str| -> Option<String> {
+        if part == "=" {
+            return Some(String::new());
+        }
+        let mut bytes = Vec::with_capacity(part.len());
+        let mut it = part.bytes();
+        while let Some(b) = it.next() {
+            if b == b'=' {
+                let hex = [it.next()?, it.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                bytes.push(b);
+            } else {
+                // Not this encoding (a `.` would make a third part).
+                return None;
+            }
+        }
+        String::from_utf8(bytes).ok()
+    };
+    Some((decode(ns)?, decode(app)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +185,17 @@ mod tests {
         assert_eq!(hostile.matches('.').count(), 2, "{hostile}");
         assert_ne!(subscriptions_key("a", "b.c"), subscriptions_key("a.b", "c"));
         assert_ne!(subscriptions_key("a", ""), subscriptions_key("a", "=3D"));
+        for (ns, app) in [("shop", "orders"), ("shop", "a.b>*/~ é"), ("a", "")] {
+            let key = subscriptions_key(ns, app);
+            assert_eq!(
+                parse_subscriptions_key(&key),
+                Some((ns.to_owned(), app.to_owned())),
+                "{key}"
+            );
+        }
+        assert_eq!(parse_subscriptions_key("delivery"), None);
+        assert_eq!(parse_subscriptions_key("subscriptions.a.b.c"), None);
+        assert_eq!(parse_subscriptions_key("subscriptions.a.=Z"), None);
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use herald_core::broker::ConsumerState;
 use herald_core::consumer::ConsumerSpec;
-use herald_core::defaults::{BUCKET, SUBSCRIPTIONS_KEY_PREFIX};
+use herald_core::defaults::{BUCKET, Defaults, SUBSCRIPTIONS_KEY_PREFIX, parse_subscriptions_key};
 use herald_core::report::{DeliveryReport, status_key};
-use herald_core::sinks::Kind;
+use herald_core::sinks::{self, Kind, SINKS_KEY};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -146,6 +146,18 @@ impl Controller {
             };
             match tokio::time::timeout(NATS_TIMEOUT, listed).await {
                 Ok(Ok(keys)) => {
+                    // What the previous leader's resources held, from the values it wrote: a
+                    // resource deleted around the change of leader still lets go of its
+                    // consumers at once.
+                    for key in keys.iter().map(String::as_str).chain([SINKS_KEY]) {
+                        let get = self.broker.get(BUCKET, key);
+                        if let Ok(Ok(Some(value))) = tokio::time::timeout(NATS_TIMEOUT, get).await {
+                            let held = held_by(key, &value);
+                            if !held.is_empty() {
+                                self.resources.held.insert(format!("bucket:{key}"), held);
+                            }
+                        }
+                    }
                     // Unknown values: each is written again once, or deleted.
                     self.resources.keys =
                         Some(keys.into_iter().map(|k| (k, String::new())).collect());
@@ -383,4 +395,35 @@ impl Controller {
             )),
         }
     }
+}
+
+/// The consumer descriptions a bucket value (an app's key, or the dispatcher's list) holds.
+fn held_by(key: &str, value: &[u8]) -> BTreeSet<String> {
+    let defaults = Defaults::default();
+    let mut out = BTreeSet::new();
+    if key == SINKS_KEY {
+        if let Ok((targets, _)) = sinks::parse(value, &defaults) {
+            for t in targets {
+                let who = sinks::subscriber(t.kind, &t.namespace, &t.name);
+                out.extend(t.subscriptions.iter().map(|s| who.describe(&s.filter)));
+            }
+        }
+    } else if let Some((namespace, app)) = parse_subscriptions_key(key)
+        && let Ok(text) = std::str::from_utf8(value)
+        && let Ok(v) = sinks::parse_app_value(text, &defaults)
+    {
+        let own = herald_core::consumer::Subscriber {
+            namespace: namespace.clone(),
+            app_id: app,
+        };
+        out.extend(v.own.iter().map(|s| own.describe(&s.filter)));
+        for (who, s) in &v.adopted {
+            let who = herald_core::consumer::Subscriber {
+                namespace: namespace.clone(),
+                app_id: who.clone(),
+            };
+            out.insert(who.describe(&s.filter));
+        }
+    }
+    out
 }
