@@ -166,18 +166,11 @@ impl KymaSubscriptionSpec {
             },
         };
         Ok(SubscriptionSpec {
-            app: None,
             sink: Some(self.sink.clone()),
             types: self.types.clone(),
             source: (!exact && !self.source.is_empty()).then(|| self.source.clone()),
-            path: None,
             max_in_flight,
-            timeout: None,
-            dead_letter: None,
-            delivery: None,
-            start: None,
-            retry: None,
-            filters: None,
+            ..Default::default()
         })
     }
 }
@@ -188,18 +181,9 @@ pub fn input(k: &Subscription) -> super::routing::Input {
         Ok(spec) => (spec, None),
         Err(rule) => (
             SubscriptionSpec {
-                app: None,
                 sink: Some(k.spec.sink.clone()),
                 types: k.spec.types.clone(),
-                source: None,
-                path: None,
-                max_in_flight: None,
-                timeout: None,
-                dead_letter: None,
-                delivery: None,
-                start: None,
-                retry: None,
-                filters: None,
+                ..Default::default()
             },
             Some(rule),
         ),

@@ -228,17 +228,8 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
             continue;
         }
         entries.insert(key, joined);
-        for s in &subs {
-            let spec = consumer::spec(&who, s);
-            holder.insert(spec.description.clone(), format!("{namespace}/{name}"));
-            out.subscribed.insert(spec.description.clone());
-            verdict.consumers.push(spec.name.clone());
-            verdict.descriptions.push(spec.description.clone());
-            verdict.dlq_filters.push(herald_core::delivery::dlq_subject(
-                &who,
-                &spec.filter_subject,
-            ));
-            out.consumers.push(spec);
+        for description in hold(&who, &subs, &mut verdict, &mut out) {
+            holder.insert(description, format!("{namespace}/{name}"));
         }
         if inv.serving.contains(&format!("{namespace}/{app}")) {
             verdict.reason = Reason::Subscribed;
@@ -260,6 +251,30 @@ pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routin
         serde_json::to_string(&sink_items).unwrap_or_else(|_| "[]".into()),
     );
     out
+}
+
+/// Records an applied resource's consumers (subscribing as `who`) on its verdict and in the
+/// routing; returns their descriptions.
+fn hold(
+    who: &Subscriber,
+    subs: &[herald_core::contract::Subscription],
+    verdict: &mut Verdict,
+    out: &mut Routing,
+) -> Vec<String> {
+    let mut held = Vec::with_capacity(subs.len());
+    for s in subs {
+        let spec = consumer::spec(who, s);
+        out.subscribed.insert(spec.description.clone());
+        verdict.consumers.push(spec.name.clone());
+        verdict.descriptions.push(spec.description.clone());
+        verdict.dlq_filters.push(herald_core::delivery::dlq_subject(
+            who,
+            &spec.filter_subject,
+        ));
+        held.push(spec.description.clone());
+        out.consumers.push(spec);
+    }
+    held
 }
 
 /// The namespace a sink's host names (`<service>.<namespace>`, optionally followed by `.svc`
@@ -386,17 +401,7 @@ fn to_sink(
             verdict.message = format!("delivered to {sink} by herald's dispatcher");
         }
     }
-    for s in &subs {
-        let spec = consumer::spec(&who, s);
-        out.subscribed.insert(spec.description.clone());
-        verdict.consumers.push(spec.name.clone());
-        verdict.descriptions.push(spec.description.clone());
-        verdict.dlq_filters.push(herald_core::delivery::dlq_subject(
-            &who,
-            &spec.filter_subject,
-        ));
-        out.consumers.push(spec);
-    }
+    hold(&who, &subs, verdict, out);
     verdict.reason = Reason::Subscribed;
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 const DURATION: &str = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$";
 
 /// A declarative subscription: events of `types` delivered to an app's sidecars or to a sink.
-#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "herald.dev",
     version = "v1alpha1",

@@ -60,6 +60,7 @@ const RETRY: Duration = Duration::from_secs(1);
 const LAG_IDLE: Duration = Duration::from_secs(300);
 
 /// Delivers the events of every subscription of one app.
+#[derive(Clone)]
 pub struct Deliverer {
     app: Arc<dyn Endpoint>,
     broker: Arc<dyn Broker>,
@@ -126,16 +127,10 @@ impl Deliverer {
     /// The same engine subscribing as `who` (a resource with a sink whose Service selects this
     /// app's pods), its metrics labelled `<who's app id>/filter`.
     pub fn as_subscriber(self: &Arc<Self>, who: Subscriber) -> Arc<Self> {
-        Arc::new(Deliverer {
-            app: self.app.clone(),
-            broker: self.broker.clone(),
-            stream: self.stream.clone(),
-            label_prefix: format!("{}/", who.app_id),
-            who,
-            metrics: self.metrics.clone(),
-            jitter: self.jitter,
-            board: self.board.clone(),
-        })
+        let mut d = Deliverer::clone(self);
+        d.label_prefix = format!("{}/", who.app_id);
+        d.who = who;
+        Arc::new(d)
     }
 
     /// The namespace it subscribes in.
@@ -145,16 +140,9 @@ impl Deliverer {
 
     /// The same engine, recording the facts of reported subscriptions on `board`.
     pub fn with_board(self: Arc<Self>, board: Arc<board::StatusBoard>) -> Arc<Self> {
-        Arc::new(Deliverer {
-            app: self.app.clone(),
-            broker: self.broker.clone(),
-            stream: self.stream.clone(),
-            who: self.who.clone(),
-            metrics: self.metrics.clone(),
-            jitter: self.jitter,
-            label_prefix: self.label_prefix.clone(),
-            board: Some(board),
-        })
+        let mut d = Deliverer::clone(&self);
+        d.board = Some(board);
+        Arc::new(d)
     }
 
     /// For the dispatcher: delivers to `sink_client`, and labels the metrics
@@ -167,16 +155,16 @@ impl Deliverer {
         sink_client: Arc<dyn Endpoint>,
         resource: &str,
     ) -> Arc<Self> {
-        Arc::new(Deliverer {
-            app: sink_client,
+        let mut d = Deliverer::clone(&Self::with_endpoint(
             broker,
-            stream: stream.to_owned(),
+            stream,
             who,
             metrics,
-            jitter: attempt::jitter,
-            label_prefix: format!("{resource}/"),
-            board: None,
-        })
+            sink_client,
+            attempt::jitter,
+        ));
+        d.label_prefix = format!("{resource}/");
+        Arc::new(d)
     }
 
     fn label(&self, filter: &herald_core::filter::TypeFilter) -> String {
