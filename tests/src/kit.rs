@@ -25,6 +25,7 @@ impl Apiserver {
             );
             return None;
         };
+        crate::trace();
         let started = Instant::now();
         // The kit picks free ports and binds them a moment later; another test can take one in
         // between ("address already in use"), so a start that lost that race is tried again.

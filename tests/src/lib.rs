@@ -171,6 +171,19 @@ pub async fn stored(js: &jetstream::Context, stream: &str) -> Vec<StreamMessage>
     out
 }
 
+/// Logs of what a test runs in its own process (the controller in the apiserver tests) through
+/// the test harness's capture, so a failed test prints them (`RUST_LOG` filters; default `info`,
+/// kube's own chatter at `warn`). Once per test binary; later calls do nothing.
+pub fn trace() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Polls `check` every 25 ms until it holds; fails the test, naming `what`, after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where

@@ -23,7 +23,8 @@
 //! [`CHANGE_DELAY`], at most one per [`MIN_GAP`]. The period (default 15 s) remains for what
 //! only NATS can tell (storage use) and as a safety net. [`Controller::pass`] without reflectors
 //! lists instead (one-off passes, tests). Every step is idempotent; nothing here panics or exits
-//! on a failed step; it is logged, counted as a failed pass, and tried again.
+//! on a failed step; it is logged, counted as a failed pass, and tried again after
+//! [`RETRY_FIRST`], doubling with each failed pass up to the period.
 //!
 //! Deletion is conservative: a consumer is only herald's when its name is the hash of its
 //! description; it is in use while any workload template or pod subscribes to it, or while
@@ -73,6 +74,8 @@ const CHANGE_DELAY: Duration = Duration::from_secs(1);
 /// The least time between two passes started by changes: pod churn must not turn into NATS
 /// requests every second.
 const MIN_GAP: Duration = Duration::from_secs(5);
+/// The first wait after a pass with errors; it doubles with each failed pass, up to the period.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -231,7 +234,7 @@ impl Controller {
             PassResult::Ok
         } else {
             for e in &report.errors {
-                tracing::warn!(error = %e, "controller pass step failed; retrying next period");
+                tracing::warn!(error = %e, "controller pass step failed; retrying with backoff");
             }
             PassResult::Error
         };
@@ -693,6 +696,9 @@ pub async fn lead(
             _ = watched.ready() => true,
         };
         controller.watched = listed.then(|| watched.clone());
+        // After a failed pass the next one comes sooner than the period (NATS restarting, the
+        // apiserver briefly refusing): RETRY_FIRST, doubling up to the period.
+        let mut retry = RETRY_FIRST;
         loop {
             // The term ended (or the process is stopping) before the stores were listed.
             if !listed {
@@ -707,10 +713,18 @@ pub async fn lead(
             let Some(report) = pass else { break };
             let last_pass = Instant::now();
             tracing::debug!(?report, "controller pass");
+            let next = if report.errors.is_empty() {
+                retry = RETRY_FIRST;
+                period
+            } else {
+                let wait = retry.min(period);
+                retry = retry.saturating_mul(2);
+                wait
+            };
             let woken = tokio::select! {
                 _ = shutdown.wait() => break,
                 _ = leader.changed() => break,
-                _ = tokio::time::sleep(period) => false,
+                _ = tokio::time::sleep(next) => false,
                 _ = watched.changed.notified() => true,
             };
             if woken {
