@@ -1,6 +1,6 @@
 //! Wiring of `herald-controlplane`: configuration, the admin and webhook listeners, native
-//! sidecar detection, certificate reload, the controller with its broker (JetStream), and the
-//! drain on SIGTERM.
+//! sidecar detection, certificate reload, the controller with its broker (JetStream), the
+//! console sharing that broker, and the drain on SIGTERM.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::config::{Cli, Command, Config, ControllerSettings, NativeSidecar, WebhookConfig};
+use crate::console::{self, Console};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::{self, ControllerConfig, LeaseConfig};
 use crate::webhook::lookups::Cluster;
@@ -182,14 +183,36 @@ pub async fn run(cfg: Config) -> Result<(), ControlPlaneError> {
     let kube = kube::Client::try_default()
         .await
         .map_err(|e| ControlPlaneError::Kube(e.to_string()))?;
+    let mut listening = vec![("admin", admin_addr)];
+    let console_stop = Shutdown::new();
+    let mut console_task = None;
     let controller_task = match (cfg.controller, nats_options, controller_metrics) {
         (Some(c), Some(nats), Some(m)) => {
-            Some(start_controller(c, nats, kube.clone(), m, &shutdown).await?)
+            let broker = connect_broker(&c, nats).await?;
+            if let Some(addr) = cfg.console_listen {
+                let listener = bind("--console-listen", addr).await?;
+                let bound = listener.local_addr().unwrap_or(addr);
+                tracing::info!(addr = %bound, "console listening (HTTP; sign in with a Kubernetes token)");
+                listening.push(("console", bound));
+                let console = Arc::new(Console::new(
+                    kube.clone(),
+                    broker.clone(),
+                    c.dlq_stream.clone(),
+                    cfg.listeners.body_read_timeout,
+                ));
+                console_task = Some(tokio::spawn(console::serve(
+                    console,
+                    listener,
+                    http_metrics.clone(),
+                    cfg.listeners.header_read_timeout,
+                    console_stop.clone(),
+                )));
+            }
+            Some(start_controller(c, broker, kube.clone(), m, &shutdown))
         }
         _ => None,
     };
     let webhook_stop = Shutdown::new();
-    let mut listening = vec![("admin", admin_addr)];
     let webhook_task = match cfg.webhook.zip(certs) {
         Some((w, certs)) => Some(
             start_webhook(
@@ -229,6 +252,10 @@ pub async fn run(cfg: Config) -> Result<(), ControlPlaneError> {
         let _ = task.await;
     }
     if let Some(task) = controller_task {
+        let _ = task.await;
+    }
+    if let Some(task) = console_task {
+        console_stop.trigger();
         let _ = task.await;
     }
     admin_stop.trigger();
@@ -315,22 +342,32 @@ fn nats_config(c: &ControllerSettings) -> Result<NatsConfig, ControlPlaneError> 
     })
 }
 
-/// Connects to NATS (in the background: an outage delays passes, not the start) and runs the
-/// controller whenever this replica holds the lease. A failed leader election (RBAC, an
-/// unreachable apiserver) is retried, so the webhook on this replica keeps serving.
-async fn start_controller(
-    c: ControllerSettings,
+/// Connects to NATS (in the background: an outage delays passes, not the start); the controller
+/// and the console share the connection.
+async fn connect_broker(
+    c: &ControllerSettings,
     nats: NatsConfig,
-    kube: kube::Client,
-    metrics: Arc<ControllerMetrics>,
-    shutdown: &Shutdown,
-) -> Result<tokio::task::JoinHandle<()>, ControlPlaneError> {
+) -> Result<Arc<dyn Broker>, ControlPlaneError> {
     let client = herald_jetstream::connect(&nats, |_| {})
         .await
         .map_err(|e| ControlPlaneError::Runtime(format!("NATS: {e}")))?;
     // JetStream requests of the controller are bounded by its own timeouts too.
-    let broker: Arc<dyn Broker> =
-        Arc::new(JetStream::new(client, Duration::from_secs(10), &c.stream));
+    Ok(Arc::new(JetStream::new(
+        client,
+        Duration::from_secs(10),
+        &c.stream,
+    )))
+}
+
+/// Runs the controller whenever this replica holds the lease. A failed leader election (RBAC, an
+/// unreachable apiserver) is retried, so the webhook on this replica keeps serving.
+fn start_controller(
+    c: ControllerSettings,
+    broker: Arc<dyn Broker>,
+    kube: kube::Client,
+    metrics: Arc<ControllerMetrics>,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let cfg = ControllerConfig {
         event_stream: c.event_stream,
         stream: c.stream,
@@ -342,7 +379,7 @@ async fn start_controller(
     tracing::info!(event_stream = %cfg.event_stream, period = ?cfg.period, orphan_grace = ?cfg.orphan_grace, lease = %format!("{}/{}", cfg.lease.namespace, cfg.lease.name), "controller starting; it runs while this replica holds the lease");
     let shutdown = shutdown.clone();
     let span = tracing::info_span!("controller", identity = %cfg.lease.identity);
-    Ok(tokio::spawn(
+    tokio::spawn(
         async move {
             while !shutdown.is_triggered() {
                 let run = controller::lead(
@@ -365,7 +402,7 @@ async fn start_controller(
             }
         }
         .instrument(span),
-    ))
+    )
 }
 
 /// `--native-sidecar=auto`: three tries a few seconds apart; when the apiserver cannot be asked,

@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Serve the web console and its API (plain HTTP, for `kubectl port-forward`) on this
+    /// address; needs the controller [default: off]
+    #[arg(long)]
+    pub console_listen: Option<String>,
 }
 
 /// Whether the sidecar is a native sidecar.
@@ -158,6 +162,8 @@ pub struct Config {
     /// `max_connections` is the webhook's.
     pub listeners: ListenerLimits,
     pub log_format: LogFormat,
+    /// The console's address (`--console-listen`), when it is on.
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// The controller's settings; the Lease namespace is the pod's, known once the Kubernetes
@@ -191,6 +197,7 @@ impl Config {
         let cert_file = r.get("tls-cert-file", &args.tls_cert_file, parse_path);
         let key_file = r.get("tls-key-file", &args.tls_key_file, parse_path);
         let admin_listen = r.get("admin-listen", &args.admin_listen, parse_addr);
+        let console_listen = r.get("console-listen", &args.console_listen, parse_addr);
         let ports_file = r.get("ports-file", &args.ports_file, |v| {
             Ok(std::path::PathBuf::from(v))
         });
@@ -292,6 +299,9 @@ impl Config {
         } else {
             None
         };
+        if console_listen.is_some() && !controller_on {
+            r.fail("--console-listen (HERALD_CONSOLE_LISTEN): the console needs the controller (--controller=true): it reads the streams and dead letters through the controller's NATS connection".into());
+        }
         if !webhook && !controller_on {
             r.fail("--webhook and --controller are both false: nothing to run".into());
         }
@@ -343,6 +353,7 @@ impl Config {
             shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(15)),
             listeners,
             log_format: log_format.unwrap_or(LogFormat::Text),
+            console_listen,
         })
     }
 }

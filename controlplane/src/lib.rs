@@ -15,6 +15,9 @@
 //!   orphan consumers, Events; herald's `Subscription` ([`controller::subscription`]) and Kyma's
 //!   ([`controller::kyma`]), routed ([`controller::routing`], pure) and applied
 //!   ([`controller::resources`]).
+//! - [`console`]: the web console and its JSON API (`--console-listen`): sign-in with Kubernetes
+//!   tokens, every action authorised with SubjectAccessReview, triggers (Subscriptions), dead
+//!   letters and their replay, streams.
 //! - [`config`]: flags and `HERALD_*` variables; [`limits`]: every limit on what reaches the
 //!   control plane; [`app`]: wiring, readiness and the drain. Each half measures itself
 //!   ([`webhook::metrics`], [`controller::metrics`]).
@@ -24,6 +27,7 @@
 
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod controller;
 pub mod limits;
 pub mod webhook;

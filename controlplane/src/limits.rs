@@ -23,3 +23,38 @@ pub const MAX_ADMISSION_BODY_BYTES: usize = 3 << 20;
 pub const MAX_CONCURRENT_ADMISSIONS: usize = 16;
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The console's limits (`--console-listen`; docs/CONSOLE.md). It is reached through
+/// `kubectl port-forward` or a Service, and every request needs a token the apiserver accepts, but
+/// what an authenticated user sends is still outside input.
+pub mod console {
+    use std::time::Duration;
+
+    /// Open connections of the console listener; more are closed at once.
+    pub const MAX_CONNECTIONS: usize = 64;
+    /// The largest request body (a Subscription, a sign-in, a CESQL expression).
+    pub const MAX_BODY_BYTES: usize = 64 << 10;
+    /// The longest bearer token accepted (ServiceAccount tokens are about 1 KiB; OIDC tokens with
+    /// many groups a few).
+    pub const MAX_TOKEN_BYTES: usize = 16 << 10;
+    /// A TokenReview's answer is reused this long.
+    pub const TOKEN_TTL: Duration = Duration::from_secs(30);
+    /// A SubjectAccessReview's answer is reused this long: a removed RoleBinding stops working
+    /// within it.
+    pub const DECISION_TTL: Duration = Duration::from_secs(10);
+    /// Cached reviews of each kind; beyond it the cache is emptied (reviews cost, memory does not
+    /// grow).
+    pub const MAX_CACHED: usize = 10_000;
+    /// Open browser sessions; sign-ins beyond it are refused until one ends.
+    pub const MAX_SESSIONS: usize = 1_000;
+    /// A session ends this long after sign-in, and after this long unused.
+    pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+    pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
+    /// Dead letters read (newest first) to list one subscription's: each is one request to
+    /// JetStream. The answer says when the stream holds older ones that were not read.
+    pub const MAX_DEADLETTER_SCAN: u64 = 5_000;
+    /// Dead letters replayed by one request.
+    pub const MAX_REPLAY: usize = 1_000;
+    /// A sample event's data shown by the console is cut here.
+    pub const MAX_SHOWN_DATA_BYTES: usize = 64 << 10;
+}

@@ -17,7 +17,8 @@
 //!   [`sinks`]: subscriptions to sinks, as the dispatcher gets them from the bucket.
 //!   [`report`]: a resource subscription's delivery facts, published for its status.
 //! - [`delivery`]: how a delivery attempt is classified, the retry budget, dead-letter subjects
-//!   and headers, and the HTTP request an event becomes.
+//!   and headers, and the HTTP request an event becomes. [`deadletter`]: reading the dead-letter
+//!   stream and replaying from it (the CLI's and the console's).
 //!
 //! What the broker holds, and the seam to it:
 //! - [`policy`]: stream policy in herald's terms. [`consumer`]: consumer names and settings.
@@ -32,6 +33,7 @@ pub mod attrfilter;
 pub mod broker;
 pub mod consumer;
 pub mod contract;
+pub mod deadletter;
 pub mod defaults;
 pub mod delivery;
 pub mod event;

@@ -50,6 +50,7 @@ pub enum Listener {
     Publish,
     Admin,
     Webhook,
+    Console,
 }
 
 impl Listener {
@@ -58,6 +59,7 @@ impl Listener {
             Listener::Publish => "publish",
             Listener::Admin => "admin",
             Listener::Webhook => "webhook",
+            Listener::Console => "console",
         }
     }
 }

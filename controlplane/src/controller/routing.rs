@@ -103,6 +103,21 @@ pub struct Routing {
     pub verdicts: Vec<Verdict>,
 }
 
+/// What the controller would say about one herald Subscription on its own: `Err` with the rule
+/// it breaks (naming the field) when its spec is invalid, as its `Ready` condition would. The
+/// console checks a trigger with it before creating it.
+pub fn check(sub: &Subscription, cluster: &Defaults) -> Result<(), String> {
+    let routed = route(
+        &[Input::herald(sub.clone())],
+        &Inventory::default(),
+        cluster,
+    );
+    match routed.verdicts.into_iter().next() {
+        Some(v) if v.reason == Reason::InvalidSpec => Err(v.message),
+        _ => Ok(()),
+    }
+}
+
 /// Decides; see the module documentation.
 pub fn route(resources: &[Input], inv: &Inventory, cluster: &Defaults) -> Routing {
     let mut sorted: Vec<&Input> = resources.iter().collect();

@@ -1,17 +1,12 @@
-//! `herald deadletter list|replay`: inspect the dead-letter stream and redrive chosen events.
-//!
-//! Replay publishes the original event (headers and data as stored) back to its original subject
-//! with `Herald-Replay-For: <namespace/app-id/filter>` naming the one subscription that failed, so
-//! only that subscription delivers it again; every other subscription of the same type
-//! acknowledges it without delivering. The replay's `Nats-Msg-Id` is `replay:<dead-letter
-//! sequence>`, so replaying twice within the duplicate window stores it once. The dead letter is
-//! deleted from the dead-letter stream only after the replay was stored (unless `--keep`).
+//! `herald deadletter list|replay`: inspect the dead-letter stream and redrive chosen events,
+//! oldest first, through [`herald_core::deadletter`] (what replay does is documented there). The
+//! dead letter is deleted from the dead-letter stream only after the replay was stored (unless
+//! `--keep`).
 
 use std::time::Duration;
 
-use herald_core::broker::{Admin, Store, StoredMessage};
-use herald_core::delivery::{REPLAY_FOR, dlq_header};
-use herald_core::wire::{DEDUP_HEADER, Headers, Message};
+use herald_core::broker::Admin as _;
+use herald_core::deadletter::{DeadLetter, Selection, list, replay};
 
 use crate::serve::AppError;
 
@@ -41,126 +36,6 @@ pub struct DeadletterArgs {
     /// replay: keep the dead letters after replaying them
     #[arg(long)]
     pub keep: bool,
-}
-
-/// One dead letter.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub seq: u64,
-    pub age: Duration,
-    pub subscriber: String,
-    pub ty: String,
-    pub id: String,
-    pub status: String,
-    pub attempts: String,
-    pub reason: String,
-    pub message: StoredMessage,
-}
-
-fn header(m: &StoredMessage, name: &str) -> String {
-    m.headers.get(name).map(str::to_owned).unwrap_or_default()
-}
-
-fn decode(v: &str) -> String {
-    percent_encoding::percent_decode_str(v)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// Which dead letters a command works on.
-pub struct Selection {
-    pub app: Option<String>,
-    pub ty: Option<String>,
-    pub since: Option<Duration>,
-    pub seqs: Option<Vec<u64>>,
-}
-
-impl Selection {
-    fn matches(&self, d: &DeadLetter) -> bool {
-        let app_of = d.subscriber.split('/').nth(1).unwrap_or("");
-        self.app.as_deref().is_none_or(|a| a == app_of)
-            && self.ty.as_deref().is_none_or(|t| t == d.ty)
-            && self.since.is_none_or(|s| d.age <= s)
-            && self.seqs.as_ref().is_none_or(|seqs| seqs.contains(&d.seq))
-    }
-}
-
-/// Reads the dead letters that match.
-pub async fn list(
-    admin: &dyn Admin,
-    stream: &str,
-    sel: &Selection,
-) -> Result<Vec<DeadLetter>, AppError> {
-    let state = admin
-        .stream(stream)
-        .await
-        .map_err(|e| AppError::Runtime(format!("dead-letter stream `{stream}`: {e}")))?;
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return Ok(out);
-    }
-    let now = chrono::Utc::now().timestamp();
-    for seq in state.first_sequence..=state.last_sequence {
-        let m = match admin.message(stream, seq).await {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(e) => return Err(AppError::Runtime(format!("dead letter {seq}: {e}"))),
-        };
-        let age = Duration::from_secs(u64::try_from(now - m.time.timestamp()).unwrap_or(0));
-        let d = DeadLetter {
-            seq,
-            age,
-            subscriber: header(&m, dlq_header::SUBSCRIBER),
-            ty: decode(&header(&m, "ce-type")),
-            id: decode(&header(&m, "ce-id")),
-            status: header(&m, dlq_header::STATUS),
-            attempts: header(&m, dlq_header::ATTEMPTS),
-            reason: header(&m, dlq_header::REASON),
-            message: m,
-        };
-        if sel.matches(&d) {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-/// The event a dead letter replays: the original headers and data, for its subscription only.
-pub fn replay_message(d: &DeadLetter) -> Result<Message, AppError> {
-    let subject = header(&d.message, dlq_header::SUBJECT);
-    if subject.is_empty() {
-        return Err(AppError::Runtime(format!(
-            "dead letter {} has no Herald-Dlq-Subject header",
-            d.seq
-        )));
-    }
-    let mut headers = Headers::new();
-    for (name, value) in d.message.headers.iter() {
-        if name.starts_with(dlq_header::PREFIX) || name.eq_ignore_ascii_case(DEDUP_HEADER) {
-            continue;
-        }
-        headers.push(name, value);
-    }
-    headers.push(REPLAY_FOR, &d.subscriber);
-    Ok(Message {
-        subject,
-        headers,
-        payload: d.message.payload.clone(),
-        dedup_id: Some(format!("replay:{}", d.seq)),
-    })
-}
-
-/// Publishes a dead letter back for its subscription; returns once the broker stored it.
-pub async fn replay(store: &dyn Store, d: &DeadLetter) -> Result<(), AppError> {
-    let failed =
-        |e: herald_core::broker::StoreError| AppError::Runtime(format!("replay of {}: {e}", d.seq));
-    store
-        .send(replay_message(d)?)
-        .await
-        .map_err(failed)?
-        .stored()
-        .await
-        .map_err(failed)
 }
 
 /// Prints dead letters as a table.
@@ -245,15 +120,21 @@ pub async fn run(
         ty: args.ty,
         since,
         seqs,
+        consumers: None,
     };
-    let found = list(&broker, &stream, &sel).await?;
+    let failed = |e: herald_core::deadletter::DeadLetterError| AppError::Runtime(e.to_string());
+    let mut found = list(&broker, &stream, &sel, None)
+        .await
+        .map_err(failed)?
+        .found;
+    found.reverse();
     if !replaying {
         print(&found);
         return Ok(());
     }
     let mut replayed = 0;
     for d in &found {
-        replay(&broker, d).await?;
+        replay(&broker, d).await.map_err(failed)?;
         if !args.keep {
             broker.delete_message(&stream, d.seq).await.map_err(|e| {
                 AppError::Runtime(format!("replayed {} but could not delete it: {e}", d.seq))

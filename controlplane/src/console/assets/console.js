@@ -1,0 +1,335 @@
+// herald console: a client of /api/v1 (docs/CONSOLE.md). No framework, no inline script, and
+// every value from the API reaches the page through textContent, never as HTML.
+"use strict";
+
+const state = { csrf: null, view: "triggers", ns: null, editing: null, dl: null, etags: {}, cache: {}, defaults: null };
+const $ = (id) => document.getElementById(id);
+
+function banner(text) {
+  const b = $("banner");
+  b.textContent = text || "";
+  b.hidden = !text;
+}
+
+// One API call. GETs send If-None-Match and reuse the last body on 304 (polling is cheap).
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (method !== "GET" && state.csrf) headers["x-herald-csrf"] = state.csrf;
+  if (method === "GET" && state.etags[path]) headers["if-none-match"] = state.etags[path];
+  const r = await fetch("/api/v1" + path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (r.status === 304) return { status: 200, body: state.cache[path], changed: false };
+  let data = null;
+  try { data = await r.json(); } catch (_) { data = null; }
+  if (method === "GET" && r.ok) {
+    state.etags[path] = r.headers.get("etag");
+    state.cache[path] = data;
+  }
+  if (r.status === 401 && path !== "/session") showSignIn();
+  return { status: r.status, body: data, changed: true };
+}
+
+function errorOf(res) {
+  const e = res.body && res.body.error ? res.body.error : "HTTP " + res.status;
+  return res.status === 403 ? "Not allowed: " + e : e;
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) {
+    const td = document.createElement("td");
+    if (c instanceof Node) td.appendChild(c); else td.textContent = c === undefined || c === null ? "" : String(c);
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function button(text, onClick, cls) {
+  const b = el("button", text, cls);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function show(view) {
+  state.view = view;
+  for (const id of ["signin", "triggers", "streams"]) $(id).hidden = id !== view;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view);
+  refresh();
+}
+
+function showSignIn() {
+  state.csrf = null;
+  $("nav").hidden = true;
+  $("signout").hidden = true;
+  $("who").textContent = "";
+  for (const id of ["triggers", "streams"]) $(id).hidden = true;
+  $("signin").hidden = false;
+}
+
+function signedIn(body) {
+  state.csrf = body.csrf;
+  $("who").textContent = body.user.name;
+  $("nav").hidden = false;
+  $("signout").hidden = false;
+  $("signin").hidden = true;
+  const view = (location.hash || "#triggers").slice(1);
+  show(view === "streams" ? "streams" : "triggers");
+  loadNamespaces();
+}
+
+async function loadNamespaces() {
+  const res = await api("GET", "/namespaces");
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  const sel = $("namespace");
+  const names = res.body.namespaces;
+  sel.replaceChildren(...names.map((n) => { const o = el("option", n); o.value = n; return o; }));
+  if (!names.includes(state.ns)) state.ns = names[0] || null;
+  sel.value = state.ns || "";
+  if (!names.length) banner("You may not list triggers in any namespace.");
+  refresh();
+}
+
+function readyOf(s) {
+  const c = ((s.status || {}).conditions || []).find((c) => c.type === "Ready");
+  if (!c) return el("span", "pending", "muted");
+  const span = el("span", c.status === "True" ? "Ready" : c.reason, c.status === "True" ? "ok" : "bad");
+  span.title = c.message || "";
+  return span;
+}
+
+async function refreshTriggers() {
+  if (!state.ns) return;
+  const path = "/namespaces/" + encodeURIComponent(state.ns) + "/subscriptions";
+  const res = await api("GET", path);
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  banner("");
+  if (!res.changed) return;
+  const tbody = $("trigger-table").querySelector("tbody");
+  const items = res.body.items || [];
+  tbody.replaceChildren(...items.map((s) => {
+    const st = s.status || {};
+    const actions = el("span");
+    actions.append(
+      button("Edit", () => editTrigger(s)),
+      button("Dead letters", () => openDeadLetters(s.metadata.name)),
+      button("Delete", () => deleteTrigger(s.metadata.name), "danger"));
+    return row([s.metadata.name, s.spec.app ? "app " + s.spec.app : s.spec.sink, (s.spec.types || []).join(", "),
+      readyOf(s), st.pending, st.deadLetters, st.lastDelivery, actions]);
+  }));
+  $("no-triggers").hidden = items.length > 0;
+  if (state.dl) refreshDeadLetters();
+}
+
+async function refreshStreams() {
+  const res = await api("GET", "/eventstreams");
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  banner("");
+  if (!res.changed) return;
+  $("stream-table").querySelector("tbody").replaceChildren(...(res.body.streams || []).map((s) =>
+    row([s.name, s.messages, s.bytes, s.maxBytes < 0 ? "none" : s.maxBytes, s.consumers])));
+  const box = $("eventstreams");
+  box.replaceChildren(...(res.body.items || []).map((e) => {
+    const div = el("div");
+    div.append(el("h4", e.metadata.name));
+    const conds = ((e.status || {}).conditions || []).map((c) => c.type + "=" + c.status + (c.message ? " (" + c.message + ")" : ""));
+    div.append(el("p", conds.join("; ") || "no status yet", "muted"));
+    div.append(el("pre", JSON.stringify(e.status || {}, null, 2)));
+    return div;
+  }));
+}
+
+async function refresh() {
+  if (state.view === "triggers") await refreshTriggers();
+  else if (state.view === "streams") await refreshStreams();
+}
+
+async function loadDefaults() {
+  const res = await api("GET", "/defaults");
+  if (res.status !== 200) return;
+  state.defaults = res.body;
+  $("f-inflight").placeholder = res.body.maxInFlight;
+  $("f-timeout").placeholder = res.body.timeout;
+  $("f-attempts").placeholder = res.body.maxAttempts;
+  $("f-backoff").placeholder = res.body.backoff;
+}
+
+function openForm(title) {
+  $("form-title").textContent = title;
+  $("trigger-form").hidden = false;
+  $("deadletters").hidden = true;
+  state.dl = null;
+  loadDefaults();
+}
+
+function newTrigger() {
+  state.editing = null;
+  $("trigger-form").reset();
+  $("f-name").disabled = false;
+  $("sql-check").textContent = "";
+  openForm("New trigger");
+}
+
+function editTrigger(s) {
+  state.editing = s;
+  const f = $("trigger-form");
+  f.reset();
+  $("f-name").value = s.metadata.name;
+  $("f-name").disabled = true;
+  const kind = s.spec.app ? "app" : "sink";
+  f.querySelector("input[value=" + kind + "]").checked = true;
+  $("f-target").value = s.spec.app || s.spec.sink || "";
+  $("f-types").value = (s.spec.types || []).join(", ");
+  $("f-source").value = s.spec.source || "";
+  const sql = (s.spec.filters || []).find((x) => x && x.sql);
+  $("f-sql").value = sql ? sql.sql : "";
+  $("f-inflight").value = s.spec.maxInFlight || "";
+  $("f-timeout").value = s.spec.timeout || "";
+  $("f-attempts").value = (s.spec.retry || {}).maxAttempts || "";
+  $("f-backoff").value = (s.spec.retry || {}).backoff || "";
+  $("f-dlq").checked = s.spec.deadLetter !== false;
+  checkSql();
+  openForm("Edit " + s.metadata.name);
+}
+
+function specFromForm() {
+  const spec = { types: $("f-types").value.split(",").map((t) => t.trim()).filter(Boolean) };
+  const target = document.querySelector("input[name=target]:checked").value;
+  spec[target] = $("f-target").value.trim();
+  if ($("f-source").value.trim()) spec.source = $("f-source").value.trim();
+  // Filters other than the SQL one (set with kubectl) are kept as they are.
+  const kept = state.editing ? (state.editing.spec.filters || []).filter((x) => !(x && x.sql)) : [];
+  if ($("f-sql").value.trim()) kept.push({ sql: $("f-sql").value.trim() });
+  if (kept.length) spec.filters = kept;
+  const n = (id) => { const v = $(id).value.trim(); return v === "" ? undefined : Number(v); };
+  if (n("f-inflight") !== undefined) spec.maxInFlight = n("f-inflight");
+  if ($("f-timeout").value.trim()) spec.timeout = $("f-timeout").value.trim();
+  const retry = {};
+  if (n("f-attempts") !== undefined) retry.maxAttempts = n("f-attempts");
+  if ($("f-backoff").value.trim()) retry.backoff = $("f-backoff").value.trim();
+  if (Object.keys(retry).length) spec.retry = retry;
+  if (!$("f-dlq").checked) spec.deadLetter = false;
+  return spec;
+}
+
+async function saveTrigger(ev) {
+  ev.preventDefault();
+  const ns = encodeURIComponent(state.ns);
+  const spec = specFromForm();
+  let res;
+  if (state.editing) {
+    const name = state.editing.metadata.name;
+    res = await api("PUT", "/namespaces/" + ns + "/subscriptions/" + encodeURIComponent(name),
+      { metadata: { name, resourceVersion: state.editing.metadata.resourceVersion }, spec });
+  } else {
+    res = await api("POST", "/namespaces/" + ns + "/subscriptions", { metadata: { name: $("f-name").value.trim() }, spec });
+  }
+  if (res.status !== 200 && res.status !== 201) { banner(errorOf(res)); return; }
+  banner("");
+  $("trigger-form").hidden = true;
+  refresh();
+}
+
+async function deleteTrigger(name) {
+  if (!window.confirm("Delete trigger " + name + "? Its consumer and the events waiting in it go with it.")) return;
+  const res = await api("DELETE", "/namespaces/" + encodeURIComponent(state.ns) + "/subscriptions/" + encodeURIComponent(name));
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  refresh();
+}
+
+let sqlTimer = null;
+async function checkSql() {
+  const expr = $("f-sql").value;
+  const out = $("sql-check");
+  if (!expr.trim()) { out.textContent = ""; return; }
+  const res = await api("POST", "/cesql", { expression: expr });
+  if (res.status !== 200) { out.textContent = errorOf(res); out.className = "bad"; return; }
+  if (res.body.valid) { out.textContent = "valid CESQL"; out.className = "ok"; }
+  else { out.textContent = "column " + res.body.column + ": " + res.body.message; out.className = "bad"; }
+}
+
+function dlPath() {
+  return "/namespaces/" + encodeURIComponent(state.ns) + "/subscriptions/" + encodeURIComponent(state.dl) + "/deadletters";
+}
+
+function openDeadLetters(name) {
+  state.dl = name;
+  $("trigger-form").hidden = true;
+  $("deadletters").hidden = false;
+  $("dl-title").textContent = "Dead letters of " + name;
+  $("dl-detail").hidden = true;
+  refreshDeadLetters();
+}
+
+async function refreshDeadLetters() {
+  const res = await api("GET", dlPath());
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (!res.changed) return;
+  const items = res.body.items || [];
+  $("dl-table").querySelector("tbody").replaceChildren(...items.map((d) => {
+    const actions = el("span");
+    actions.append(button("Inspect", () => inspect(d.seq)), button("Replay", () => replay({ seqs: [d.seq] })));
+    return row([d.seq, d.time, d.type, d.id, d.status, d.attempts, d.reason, actions]);
+  }));
+  const more = $("dl-more");
+  more.hidden = res.body.complete;
+  more.textContent = res.body.complete ? "" : "Only the newest " + res.body.scanned + " dead letters of the stream were read; `herald deadletter list` reads them all.";
+  $("replay-all").disabled = items.length === 0;
+}
+
+async function inspect(seq) {
+  const res = await api("GET", dlPath() + "/" + seq);
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  const d = res.body;
+  const lines = d.headers.map((h) => h[0] + ": " + h[1]);
+  lines.push("", d.data.text !== undefined ? d.data.text : "(base64) " + d.data.base64);
+  if (d.truncated) lines.push("", "(cut at the console's limit; " + d.dataBytes + " bytes in all)");
+  const pre = $("dl-detail");
+  pre.textContent = lines.join("\n");
+  pre.hidden = false;
+}
+
+async function replay(which) {
+  const res = await api("POST", dlPath() + "/replay", which);
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  const failed = res.body.failed || [];
+  banner(failed.length ? failed.length + " could not be replayed: " + failed.map((f) => f.seq + " " + f.error).join("; ") : "");
+  $("dl-detail").hidden = true;
+  refreshDeadLetters();
+}
+
+async function start() {
+  $("signin-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const res = await api("POST", "/session", { token: $("token").value.trim() });
+    $("token").value = "";
+    if (res.status !== 200) { banner(errorOf(res)); return; }
+    banner("");
+    signedIn(res.body);
+  });
+  $("signout").addEventListener("click", async () => { await api("DELETE", "/session"); showSignIn(); });
+  for (const a of document.querySelectorAll("nav a")) a.addEventListener("click", () => show(a.dataset.view));
+  $("namespace").addEventListener("change", (e) => { state.ns = e.target.value; state.dl = null; $("deadletters").hidden = true; refresh(); });
+  $("new-trigger").addEventListener("click", newTrigger);
+  $("cancel").addEventListener("click", () => { $("trigger-form").hidden = true; });
+  $("trigger-form").addEventListener("submit", saveTrigger);
+  $("f-sql").addEventListener("input", () => { clearTimeout(sqlTimer); sqlTimer = setTimeout(checkSql, 250); });
+  $("replay-all").addEventListener("click", () => replay({ all: true }));
+  $("dl-close").addEventListener("click", () => { state.dl = null; $("deadletters").hidden = true; });
+  const res = await api("GET", "/session");
+  if (res.status === 200 && res.body.csrf) signedIn(res.body); else showSignIn();
+  // Live: every view polls its data; unchanged data answers 304.
+  setInterval(() => { if (state.csrf && !document.hidden) refresh(); }, 3000);
+}
+
+document.addEventListener("DOMContentLoaded", start);

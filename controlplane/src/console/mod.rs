@@ -1,0 +1,81 @@
+//! The console: a web UI and its JSON API (`/api/v1`, docs/CONSOLE.md) on a listener of its own
+//! (`--console-listen`, off unless set), reached with `kubectl port-forward`.
+//!
+//! - [`auth`]: bearer tokens (TokenReview), authorisation of every read and action
+//!   (SubjectAccessReview), browser sessions and their CSRF token.
+//! - [`api`]: the routes: sign-in, Subscriptions (triggers) per namespace, CESQL checks, dead
+//!   letters with replay, EventStreams.
+//! - [`assets`]: the page, its script and its style, embedded in the binary (no CDN, nothing
+//!   downloaded at run time).
+//!
+//! Every response carries the security headers ([`assets::secure`]): a Content-Security-Policy
+//! without inline scripts, frame denial, no sniffing, no referrer. Every `GET` of the API answers
+//! with an `ETag`, and `304` to `If-None-Match`, so the page polls cheaply for live updates.
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::broker::Broker;
+use herald_runtime::http_server::{self, HttpMetrics, Limits, Listener, Server};
+use herald_runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+use crate::limits::console::MAX_CONNECTIONS;
+
+/// What the console works with.
+pub struct Console {
+    pub kube: kube::Client,
+    pub broker: Arc<dyn Broker>,
+    pub auth: auth::Auth,
+    /// The dead-letter stream.
+    pub dlq_stream: String,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl Console {
+    pub fn new(
+        kube: kube::Client,
+        broker: Arc<dyn Broker>,
+        dlq_stream: String,
+        body_timeout: Duration,
+    ) -> Self {
+        Console {
+            auth: auth::Auth::new(kube.clone()),
+            kube,
+            broker,
+            dlq_stream,
+            body_timeout,
+        }
+    }
+}
+
+/// Serves the console on `listener` until `stop`.
+pub async fn serve(
+    console: Arc<Console>,
+    listener: TcpListener,
+    metrics: Arc<HttpMetrics>,
+    header_read_timeout: Duration,
+    stop: Shutdown,
+) {
+    let server = Server {
+        listener: Listener::Console,
+        limits: Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout,
+        },
+        metrics,
+    };
+    http_server::serve(
+        server,
+        listener,
+        stop,
+        Duration::from_secs(2),
+        move |_peer, req| api::handle(console.clone(), req),
+    )
+    .await;
+}

@@ -1,0 +1,589 @@
+//! The console's API against a real kube-apiserver (the Kubernetes test kit, `HERALD_TEST_K8S`)
+//! and a real nats-server: tokens of real ServiceAccounts (TokenRequest) checked with TokenReview,
+//! every read and write authorised with SubjectAccessReview against real RBAC. No token → 401; a
+//! user without rights → 403 on every write and on reads, and only the namespaces it may list; a
+//! permitted user creates, edits and deletes a Subscription (the controller gives it a consumer)
+//! and replays a dead letter, which lands in the event stream for that subscription only; a
+//! browser session needs its CSRF token to write; security headers and ETags on every answer.
+//! Without the kit the test says so and passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_controlplane::console::{self, Console};
+use herald_controlplane::controller::crd::EventStream;
+use herald_controlplane::controller::metrics::ControllerMetrics;
+use herald_controlplane::controller::subscription::Subscription as HeraldSubscription;
+use herald_controlplane::controller::{self, ControllerConfig, LeaseConfig};
+use herald_runtime::http_server::HttpMetrics;
+use herald_runtime::shutdown::Shutdown;
+use herald_tests::kit::Apiserver;
+use herald_tests::{Nats, eventually};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt as _;
+use kube::api::{Api, PostParams};
+use prometheus_client::registry::Registry;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn create<K>(api: Api<K>, v: Value)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).expect("a valid object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create an object");
+}
+
+async fn token(client: &kube::Client, ns: &str, sa: &str) -> String {
+    create::<ServiceAccount>(
+        Api::namespaced(client.clone(), ns),
+        json!({"metadata": {"name": sa}}),
+    )
+    .await;
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .expect("a token")
+        .status
+        .expect("the token's status")
+        .token
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("the console answers");
+        let status = r.status();
+        let v = r.json::<Value>().await.unwrap_or(Value::Null);
+        (status, v)
+    }
+}
+
+#[tokio::test]
+async fn the_console_api_acts_only_with_the_callers_rights() {
+    let Some(api) = Apiserver::start("the_console_api_acts_only_with_the_callers_rights") else {
+        return;
+    };
+    let admin = api.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in [EventStream::crd(), HeraldSubscription::crd()] {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("create a CRD");
+    }
+    for ns in ["herald-system", "shop", "other"] {
+        create::<Namespace>(Api::all(admin.clone()), json!({"metadata": {"name": ns}})).await;
+        create::<ServiceAccount>(
+            Api::namespaced(admin.clone(), ns),
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await;
+    }
+    // The EventStream, once its CRD is served.
+    let streams: Api<EventStream> = Api::all(admin.clone());
+    let es: EventStream = serde_json::from_value(json!({
+        "apiVersion": "herald.dev/v1alpha1", "kind": "EventStream",
+        "metadata": {"name": "default"}, "spec": {}
+    }))
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the EventStream CRD served",
+        || {
+            let (streams, es) = (streams.clone(), es.clone());
+            async move { streams.create(&PostParams::default(), &es).await.is_ok() }
+        },
+    )
+    .await;
+
+    // alice may do everything with Subscriptions in shop and read EventStreams; bob may only
+    // list Subscriptions in other.
+    create::<Role>(Api::namespaced(admin.clone(), "shop"), json!({
+        "metadata": {"name": "triggers"},
+        "rules": [{"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["get", "list", "watch", "create", "update", "delete"]}]
+    })).await;
+    create::<RoleBinding>(Api::namespaced(admin.clone(), "shop"), json!({
+        "metadata": {"name": "alice-triggers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "triggers"},
+        "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": "shop"}]
+    })).await;
+    create::<ClusterRole>(Api::all(admin.clone()), json!({
+        "metadata": {"name": "eventstream-reader"},
+        "rules": [{"apiGroups": ["herald.dev"], "resources": ["eventstreams"], "verbs": ["get", "list"]}]
+    })).await;
+    create::<ClusterRoleBinding>(Api::all(admin.clone()), json!({
+        "metadata": {"name": "alice-eventstreams"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "eventstream-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": "shop"}]
+    })).await;
+    create::<Role>(Api::namespaced(admin.clone(), "other"), json!({
+        "metadata": {"name": "list-triggers"},
+        "rules": [{"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["list"]}]
+    })).await;
+    create::<RoleBinding>(Api::namespaced(admin.clone(), "other"), json!({
+        "metadata": {"name": "bob-list"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-triggers"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bob", "namespace": "shop"}]
+    })).await;
+    let alice = token(&admin, "shop", "alice").await;
+    let bob = token(&admin, "shop", "bob").await;
+
+    // NATS, the controller (it gives Subscriptions their consumers), and the console, which acts
+    // with the admin's client as the control plane acts with its ServiceAccount.
+    let nats = Nats::start();
+    let broker = Arc::new(nats.broker().await);
+    let stop = Shutdown::new();
+    let cfg = ControllerConfig {
+        event_stream: "default".into(),
+        stream: "HERALD".into(),
+        dlq_stream: "HERALD_DLQ".into(),
+        period: Duration::from_secs(3600),
+        orphan_grace: Duration::from_secs(3600),
+        lease: LeaseConfig::new("herald-system".into(), "herald-0".into()),
+    };
+    let leader = tokio::spawn(controller::lead(
+        admin.clone(),
+        broker.clone(),
+        cfg,
+        Arc::new(ControllerMetrics::new(&mut Registry::default())),
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let console_stop = Shutdown::new();
+    let served = tokio::spawn(console::serve(
+        Arc::new(Console::new(
+            admin.clone(),
+            broker.clone(),
+            "HERALD_DLQ".into(),
+            Duration::from_secs(5),
+        )),
+        listener,
+        HttpMetrics::new(&mut Registry::default()),
+        Duration::from_secs(5),
+        console_stop.clone(),
+    ));
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+    use reqwest::Method as M;
+
+    // The page: security headers, no inline script.
+    let page = c.http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("<script>") && html.contains("console.js"),
+        "{html}"
+    );
+
+    // No token, a bad token: 401.
+    let (s, v) = c.call(M::GET, "/api/v1/whoami", None, None).await;
+    assert_eq!(s, 401, "{v}");
+    let (s, _) = c
+        .call(M::GET, "/api/v1/whoami", Some("not-a-token"), None)
+        .await;
+    assert_eq!(s, 401);
+    let (s, v) = c.call(M::GET, "/api/v1/whoami", Some(&alice), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["user"]["name"], "system:serviceaccount:shop:alice");
+
+    // Reads are filtered: each sees only the namespaces it may list Subscriptions in.
+    let (_, v) = c.call(M::GET, "/api/v1/namespaces", Some(&bob), None).await;
+    assert_eq!(v["namespaces"], json!(["other"]));
+    let (_, v) = c
+        .call(M::GET, "/api/v1/namespaces", Some(&alice), None)
+        .await;
+    assert_eq!(v["namespaces"], json!(["shop"]));
+    let (s, v) = c
+        .call(M::GET, "/api/v1/eventstreams", Some(&bob), None)
+        .await;
+    assert_eq!(s, 403);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("list eventstreams.herald.dev"),
+        "{v}"
+    );
+    let (s, v) = c
+        .call(M::GET, "/api/v1/eventstreams", Some(&alice), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"][0]["metadata"]["name"], "default");
+
+    // A trigger: app orders gets order.paid.v1 from checkout.
+    let trigger = json!({
+        "metadata": {"name": "orders-paid"},
+        "spec": {"app": "orders", "types": ["order.paid.v1"], "source": "checkout"}
+    });
+    // bob: 403 on every write and on reads in shop.
+    let forbidden = [
+        (M::GET, "/api/v1/namespaces/shop/subscriptions", None),
+        (
+            M::POST,
+            "/api/v1/namespaces/shop/subscriptions",
+            Some(trigger.clone()),
+        ),
+        (
+            M::PUT,
+            "/api/v1/namespaces/shop/subscriptions/orders-paid",
+            Some(trigger.clone()),
+        ),
+        (
+            M::DELETE,
+            "/api/v1/namespaces/shop/subscriptions/orders-paid",
+            None,
+        ),
+        (
+            M::POST,
+            "/api/v1/namespaces/shop/subscriptions/orders-paid/deadletters/replay",
+            Some(json!({"all": true})),
+        ),
+    ];
+    for (m, path, body) in forbidden.clone() {
+        let (s, v) = c.call(m.clone(), path, Some(&bob), body).await;
+        assert_eq!(s, 403, "bob {m} {path}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("system:serviceaccount:shop:bob may not"),
+            "{v}"
+        );
+    }
+
+    // alice: an invalid filter is refused naming the field and the column, before anything is made.
+    let mut bad = trigger.clone();
+    bad["spec"]["filters"] = json!([{"sql": "type = 'a' AND"}]);
+    let (s, v) = c
+        .call(
+            M::POST,
+            "/api/v1/namespaces/shop/subscriptions",
+            Some(&alice),
+            Some(bad),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    // The column the parser of the controller and the sidecars reports.
+    let column = herald_cesql::Expression::parse("type = 'a' AND")
+        .unwrap_err()
+        .column;
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("filters[0].sql") && e.contains(&format!("column {column}")),
+        "{e}"
+    );
+    let (_, v) = c
+        .call(
+            M::POST,
+            "/api/v1/cesql",
+            Some(&alice),
+            Some(json!({"expression": "type = 'a' AND"})),
+        )
+        .await;
+    assert_eq!(v["column"], column, "{v}");
+
+    // Created: an ordinary resource, which the controller serves (a consumer, in its status).
+    let (s, v) = c
+        .call(
+            M::POST,
+            "/api/v1/namespaces/shop/subscriptions",
+            Some(&alice),
+            Some(trigger.clone()),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let subs: Api<HeraldSubscription> = Api::namespaced(admin.clone(), "shop");
+    let consumer = {
+        let mut consumer = None;
+        eventually(
+            Duration::from_secs(30),
+            "the Subscription's consumer in its status",
+            || {
+                let subs = subs.clone();
+                async move {
+                    subs.get("orders-paid")
+                        .await
+                        .ok()
+                        .and_then(|s| s.status)
+                        .is_some_and(|s| !s.consumers.is_empty())
+                }
+            },
+        )
+        .await;
+        if let Some(s) = subs.get("orders-paid").await.unwrap().status {
+            consumer = s.consumers.first().cloned();
+        }
+        consumer.expect("a consumer")
+    };
+    let (s, v) = c
+        .call(
+            M::GET,
+            "/api/v1/namespaces/shop/subscriptions",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"][0]["metadata"]["name"], "orders-paid");
+    assert!(v["items"][0]["metadata"].get("managedFields").is_none());
+
+    // Edited (another type), with the resourceVersion read: visible to kubectl.
+    let rv = v["items"][0]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut edit = trigger.clone();
+    edit["spec"]["types"] = json!(["order.paid.v1", "order.refunded.v1"]);
+    edit["metadata"]["resourceVersion"] = json!(rv);
+    let (s, v) = c
+        .call(
+            M::PUT,
+            "/api/v1/namespaces/shop/subscriptions/orders-paid",
+            Some(&alice),
+            Some(edit.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(subs.get("orders-paid").await.unwrap().spec.types.len(), 2);
+    // The same stale resourceVersion again: the apiserver's 409 passes through.
+    let (s, _) = c
+        .call(
+            M::PUT,
+            "/api/v1/namespaces/shop/subscriptions/orders-paid",
+            Some(&alice),
+            Some(edit),
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    // A dead letter of its consumer (as a sidecar writes one), listed, shown and replayed.
+    let js = nats.jetstream().await;
+    let original = "herald.checkout.order.paid.v1";
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "e-1"),
+        ("ce-source", "checkout"),
+        ("ce-type", "order.paid.v1"),
+        ("Herald-Dlq-Reason", "permanent: 422"),
+        ("Herald-Dlq-Status", "422"),
+        ("Herald-Dlq-Attempts", "1"),
+        ("Herald-Dlq-Subscriber", "shop/orders/order.paid.v1"),
+        ("Herald-Dlq-Subject", original),
+        ("Herald-Dlq-Consumer", consumer.as_str()),
+    ] {
+        headers.insert(k, v);
+    }
+    js.publish_with_headers(
+        "herald-dlq.shop.orders.checkout.order.paid.v1",
+        headers,
+        "{\"n\":1}".into(),
+    )
+    .await
+    .expect("publish a dead letter")
+    .await
+    .expect("the dead letter stored");
+    let dl = "/api/v1/namespaces/shop/subscriptions/orders-paid/deadletters";
+    let (s, v) = c.call(M::GET, dl, Some(&alice), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["reason"], "permanent: 422");
+    let seq = v["items"][0]["seq"].as_u64().unwrap();
+    let (s, v) = c
+        .call(M::GET, &format!("{dl}/{seq}"), Some(&alice), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"]["text"], "{\"n\":1}");
+    let (s, v) = c
+        .call(
+            M::POST,
+            &format!("{dl}/replay"),
+            Some(&alice),
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["replayed"], json!([seq]));
+    let (_, v) = c.call(M::GET, dl, Some(&alice), None).await;
+    assert_eq!(
+        v["items"],
+        json!([]),
+        "the dead letter is gone once replayed"
+    );
+    let stored = herald_tests::stored(&js, "HERALD").await;
+    let replayed = stored
+        .iter()
+        .find(|m| m.subject.as_str() == original)
+        .expect("the replay in the event stream");
+    let h = replayed.headers.clone();
+    assert_eq!(
+        h.get("Herald-Replay-For").map(|v| v.as_str()),
+        Some("shop/orders/order.paid.v1")
+    );
+    assert_eq!(&replayed.payload[..], b"{\"n\":1}");
+
+    // A browser session: the cookie signs in, and a write without the CSRF token is refused.
+    let (s, v) = c
+        .call(
+            M::POST,
+            "/api/v1/session",
+            None,
+            Some(json!({"token": alice})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let csrf = v["csrf"].as_str().unwrap().to_owned();
+    let signin = c
+        .http
+        .post(format!("{base}/api/v1/session"))
+        .json(&json!({"token": alice}))
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = signin.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let session = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf2 = signin.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(csrf, csrf2, "each session has its own CSRF token");
+    let whoami = c
+        .http
+        .get(format!("{base}/api/v1/whoami"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status(), 200);
+    let path = format!("{base}/api/v1/namespaces/shop/subscriptions/orders-paid");
+    let r = c
+        .http
+        .delete(&path)
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a cookie alone cannot write");
+    let r = c
+        .http
+        .delete(&path)
+        .header("cookie", &session)
+        .header("x-herald-csrf", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "another session's CSRF token does not either"
+    );
+
+    // ETags: an unchanged list answers 304.
+    let r = c
+        .http
+        .get(format!("{base}/api/v1/namespaces/shop/subscriptions"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = c
+        .http
+        .get(format!("{base}/api/v1/namespaces/shop/subscriptions"))
+        .bearer_auth(&alice)
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // Deleted with the session's own CSRF token; its consumer goes with it.
+    let r = c
+        .http
+        .delete(&path)
+        .header("cookie", &session)
+        .header("x-herald-csrf", &csrf2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(subs.get_opt("orders-paid").await.unwrap().is_none());
+    eventually(Duration::from_secs(60), "the consumer deleted", || {
+        let (js, consumer) = (js.clone(), consumer.clone());
+        async move {
+            let stream = js.get_stream("HERALD").await.unwrap();
+            stream.consumer_info(&consumer).await.is_err()
+        }
+    })
+    .await;
+    // Signed out: the cookie no longer works.
+    let r = c
+        .http
+        .delete(format!("{base}/api/v1/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .http
+        .get(format!("{base}/api/v1/whoami"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    console_stop.trigger();
+    served.await.unwrap();
+    stop.trigger();
+    leader.await.unwrap().unwrap();
+}
