@@ -197,7 +197,7 @@ pub async fn run(cfg: Config) -> Result<(), ControlPlaneError> {
                 let console = Arc::new(Console::new(
                     kube.clone(),
                     broker.clone(),
-                    c.dlq_stream.clone(),
+                    (c.stream.clone(), c.dlq_stream.clone()),
                     cfg.listeners.body_read_timeout,
                 ));
                 console_task = Some(tokio::spawn(console::serve(

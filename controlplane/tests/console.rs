@@ -134,7 +134,10 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
     // list Subscriptions in other.
     create::<Role>(Api::namespaced(admin.clone(), "shop"), json!({
         "metadata": {"name": "triggers"},
-        "rules": [{"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["get", "list", "watch", "create", "update", "delete"]}]
+        "rules": [
+            {"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+            {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["list"]}
+        ]
     })).await;
     create::<RoleBinding>(Api::namespaced(admin.clone(), "shop"), json!({
         "metadata": {"name": "alice-triggers"},
@@ -189,7 +192,7 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
         Arc::new(Console::new(
             admin.clone(),
             broker.clone(),
-            "HERALD_DLQ".into(),
+            ("HERALD".into(), "HERALD_DLQ".into()),
             Duration::from_secs(5),
         )),
         listener,
@@ -465,6 +468,98 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
         Some("shop/orders/order.paid.v1")
     );
     assert_eq!(&replayed.payload[..], b"{\"n\":1}");
+
+    // The catalog and the topology: the replayed event was seen (source, type, a sample), and
+    // flows from checkout through its type to shop/orders.
+    let (s, _) = c.call(M::GET, "/api/v1/catalog", Some(&bob), None).await;
+    assert_eq!(s, 403);
+    eventually(Duration::from_secs(30), "the event in the catalog", || {
+        let (http, base, alice) = (c.http.clone(), base.clone(), alice.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{base}/api/v1/catalog?q=paid"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["items"].as_array().is_some_and(|i| {
+                i.iter().any(|i| {
+                    i["type"] == "order.paid.v1"
+                        && i["source"] == "checkout"
+                        && i["sample"]["data"]["text"] == "{\"n\":1}"
+                })
+            })
+        }
+    })
+    .await;
+    let (_, v) = c
+        .call(
+            M::GET,
+            "/api/v1/catalog?q=nothing-like-it",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"], json!([]), "the search filters");
+    let (s, v) = c.call(M::GET, "/api/v1/topology", Some(&alice), None).await;
+    assert_eq!(s, 200, "{v}");
+    let edges = v["edges"].as_array().unwrap();
+    let has = |from: &str, to: &str| edges.iter().any(|e| e["from"] == from && e["to"] == to);
+    assert!(has("source:checkout", "type:order.paid.v1"), "{v}");
+    assert!(has("type:order.paid.v1", "subscriber:shop/orders"), "{v}");
+    assert_eq!(v["subscribers"][0]["app"], "orders", "{v}");
+
+    // Workloads: a pod with the sidecar (its app id a target), one that missed it, a Service.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), "shop");
+    for pod in [
+        json!({"metadata": {"name": "orders-1", "annotations": {"herald.dev/inject": "true"}},
+               "spec": {"containers": [{"name": "app", "image": "app:1"},
+                                       {"name": "herald", "image": "herald:1", "env": [{"name": "HERALD_APP_ID", "value": "orders"}]}]}}),
+        json!({"metadata": {"name": "stray", "annotations": {"herald.dev/inject": "true"}},
+               "spec": {"containers": [{"name": "app", "image": "app:1"}]}}),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .expect("create a pod");
+    }
+    create::<k8s_openapi::api::core::v1::Service>(
+        Api::namespaced(admin.clone(), "shop"),
+        json!({
+            "metadata": {"name": "payments"},
+            "spec": {"selector": {"app": "payments"}, "ports": [{"port": 8080}]}
+        }),
+    )
+    .await;
+    let (s, v) = c
+        .call(
+            M::GET,
+            "/api/v1/namespaces/shop/workloads",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["apps"], json!(["orders"]), "{v}");
+    assert_eq!(v["missedInjections"][0]["pod"], "stray", "{v}");
+    assert_eq!(
+        v["services"][0]["url"], "http://payments.shop.svc.cluster.local:8080",
+        "{v}"
+    );
+    let (s, _) = c
+        .call(
+            M::GET,
+            "/api/v1/namespaces/shop/workloads",
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
 
     // A browser session: the cookie signs in, and a write without the CSRF token is refused.
     let (s, v) = c

@@ -174,12 +174,30 @@ pub struct StreamState {
 pub struct ConsumerState {
     pub name: String,
     pub description: Option<String>,
+    /// The subjects it takes (NATS wildcards).
+    pub filter_subject: String,
     /// Events not yet delivered.
     pub pending: u64,
     /// Events delivered and not yet acknowledged.
     pub ack_pending: usize,
     /// Clients waiting on a request to it right now.
     pub waiting: usize,
+}
+
+/// A stored event as a [`Tail`] sees it: where and when, without its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub sequence: u64,
+    pub subject: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Follows a stream's events in order (the console's catalog): an ephemeral reader that
+/// acknowledges nothing and holds nothing back for long, and takes up again by itself after a
+/// connection loss.
+pub trait Tail: Send {
+    /// The next event; waits for one. `None` once the tail cannot go on (the stream is gone).
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Seen, BrokerError>>>;
 }
 
 /// A message as a stream holds it.
@@ -232,6 +250,14 @@ pub trait Admin: Send + Sync {
         stream: &str,
         sequence: u64,
     ) -> BoxFuture<'_, Result<Option<StoredMessage>, BrokerError>>;
+    /// Follows the events of `stream` on subjects matching `filter`, from the first stored at or
+    /// after `since`.
+    fn tail(
+        &self,
+        stream: &str,
+        filter: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Box<dyn Tail>, BrokerError>>;
     fn delete_message(&self, stream: &str, sequence: u64)
     -> BoxFuture<'_, Result<(), BrokerError>>;
 }

@@ -107,6 +107,21 @@ pub fn event_subject(source: &str, ty: &str) -> String {
     out
 }
 
+/// Whether `subject` matches the NATS subject filter `pattern` (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut s = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, s.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (lit, Some(t)) if lit == t => {}
+            _ => return false,
+        }
+    }
+    s.next().is_none()
+}
+
 /// Recovers `(source, type)` from a subject made by [`event_subject`].
 pub fn parse_event_subject(subject: &str) -> Result<(String, String), DecodeError> {
     let mut parts = subject.split('.');

@@ -4,7 +4,8 @@
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt as _;
 use herald_core::broker::{
-    Admin, BoxFuture, BrokerError, ConsumerState, StoredMessage, StreamError, StreamState,
+    Admin, BoxFuture, BrokerError, ConsumerState, Seen, StoredMessage, StreamError, StreamState,
+    Tail,
 };
 use herald_core::policy::{Discard, Ensured, Retention, Storage, StreamPolicy};
 use herald_core::wire::Headers;
@@ -172,6 +173,7 @@ impl Admin for JetStream {
                 .map_ok(|i| ConsumerState {
                     name: i.name.clone(),
                     description: i.config.description.clone(),
+                    filter_subject: i.config.filter_subject.clone(),
                     pending: i.num_pending,
                     ack_pending: i.num_ack_pending,
                     waiting: i.num_waiting,
@@ -214,6 +216,7 @@ impl Admin for JetStream {
             Ok(ConsumerState {
                 name: i.name.clone(),
                 description: i.config.description.clone(),
+                filter_subject: i.config.filter_subject.clone(),
                 pending: i.num_pending,
                 ack_pending: i.num_ack_pending,
                 waiting: i.num_waiting,
@@ -269,6 +272,34 @@ impl Admin for JetStream {
         })
     }
 
+    fn tail(
+        &self,
+        stream: &str,
+        filter: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Box<dyn Tail>, BrokerError>> {
+        let (stream, filter) = (stream.to_owned(), filter.to_owned());
+        Box::pin(async move {
+            let s = self.get_stream(&stream).await?;
+            // An ordered consumer: ephemeral, acknowledging nothing, in memory, recreated by the
+            // client after a gap or a lost connection; headers only, as the subject and the
+            // time are all a tail reports.
+            let consumer = s
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: filter,
+                    headers_only: true,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                        start_time: since,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(other)?;
+            let messages = consumer.messages().await.map_err(other)?;
+            Ok(Box::new(JsTail { messages }) as Box<dyn Tail>)
+        })
+    }
+
     fn delete_message(
         &self,
         stream: &str,
@@ -278,6 +309,28 @@ impl Admin for JetStream {
         Box::pin(async move {
             let s = self.get_stream(&stream).await?;
             s.delete_message(sequence).await.map(|_| ()).map_err(other)
+        })
+    }
+}
+
+/// [`Admin::tail`] over an ordered consumer.
+struct JsTail {
+    messages: jetstream::consumer::pull::Ordered,
+}
+
+impl Tail for JsTail {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Seen, BrokerError>>> {
+        Box::pin(async move {
+            use futures::StreamExt as _;
+            let m = match self.messages.next().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(other(e))),
+            };
+            Some(m.info().map_err(other).map(|i| Seen {
+                sequence: i.stream_sequence,
+                subject: m.subject.to_string(),
+                time: i.published,
+            }))
         })
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_core::broker::{
     Admin, BoxFuture, BrokerError, ConfigStore, ConsumerState, Consumers, KeyWatch, Lease,
-    LeaseInfo, Leased, Pending, Settle, Store, StoreError, StoredMessage, StreamError, StreamState,
+    LeaseInfo, Leased, Pending, Seen, Settle, Store, StoreError, StoredMessage, StreamError,
+    StreamState, Tail,
 };
 use herald_core::consumer::ConsumerSpec;
 use herald_core::contract::StartPosition;
@@ -62,19 +63,7 @@ struct MemConsumer {
     waiting: usize,
 }
 
-fn matches(pattern: &str, subject: &str) -> bool {
-    let mut s = subject.split('.');
-    for p in pattern.split('.') {
-        match (p, s.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            ("*", Some(_)) => {}
-            (lit, Some(t)) if lit == t => {}
-            _ => return false,
-        }
-    }
-    s.next().is_none()
-}
+use herald_core::subject::subject_matches as matches;
 
 impl MemConsumer {
     /// Leases that ran out go back, due at once.
@@ -196,6 +185,7 @@ fn state_of(name: &str, c: &MemConsumer, s: &MemStream) -> ConsumerState {
     ConsumerState {
         name: name.to_owned(),
         description: Some(c.spec.description.clone()),
+        filter_subject: c.spec.filter_subject.clone(),
         pending: c.pending(&s.messages),
         ack_pending: c.leased.len() + c.returned.len(),
         waiting: c.waiting,
@@ -655,6 +645,28 @@ impl Admin for MemBroker {
         })
     }
 
+    fn tail(
+        &self,
+        stream: &str,
+        filter: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Box<dyn Tail>, BrokerError>> {
+        let (stream, filter) = (stream.to_owned(), filter.to_owned());
+        Box::pin(async move {
+            self.disconnected()?;
+            if !self.lock().streams.contains_key(&stream) {
+                return Err(BrokerError::NoStream(stream));
+            }
+            Ok(Box::new(MemTail {
+                broker: self.clone(),
+                stream,
+                filter,
+                since,
+                next_sequence: 0,
+            }) as Box<dyn Tail>)
+        })
+    }
+
     fn delete_message(
         &self,
         stream: &str,
@@ -810,6 +822,54 @@ impl KeyWatch for MemWatch {
     }
 }
 
+/// [`Admin::tail`] in memory: reads the stream's map in order, and waits for a change.
+struct MemTail {
+    broker: MemBroker,
+    stream: String,
+    filter: String,
+    since: chrono::DateTime<chrono::Utc>,
+    next_sequence: u64,
+}
+
+impl Tail for MemTail {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Seen, BrokerError>>> {
+        Box::pin(async move {
+            loop {
+                // Registered before looking, so a store in between still wakes it.
+                let changed = self.broker.changed.clone();
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = self.broker.lock();
+                    if st.disconnected {
+                        return Some(Err(BrokerError::Other(
+                            "the in-memory broker is disconnected".into(),
+                        )));
+                    }
+                    let s = st.streams.get(&self.stream)?;
+                    let found = s
+                        .messages
+                        .range(self.next_sequence..)
+                        .find(|(_, m)| m.time >= self.since && matches(&self.filter, &m.subject));
+                    if let Some((seq, m)) = found {
+                        self.next_sequence = seq + 1;
+                        return Some(Ok(Seen {
+                            sequence: *seq,
+                            subject: m.subject.clone(),
+                            time: m.time,
+                        }));
+                    }
+                    if let Some((last, _)) = s.messages.last_key_value() {
+                        self.next_sequence = self.next_sequence.max(last + 1);
+                    }
+                }
+                notified.await;
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,6 +903,37 @@ mod tests {
         sub.max_in_flight = max_in_flight;
         sub.start = StartPosition::All;
         spec(&who, &sub)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tail_reads_in_order_and_waits_for_more() {
+        let b = broker().await;
+        let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+        for (subject, id) in [("herald.s.a", "1"), ("other.x", "2"), ("herald.s.b", "3")] {
+            if let Ok(p) = b.send(msg(subject, id)).await {
+                p.stored().await.unwrap();
+            }
+        }
+        let mut tail = b.tail("HERALD", "herald.>", before).await.unwrap();
+        let first = tail.next().await.unwrap().unwrap();
+        let second = tail.next().await.unwrap().unwrap();
+        assert_eq!(
+            (first.subject.as_str(), second.subject.as_str()),
+            ("herald.s.a", "herald.s.b")
+        );
+        assert!(first.sequence < second.sequence);
+        // Nothing more: it waits, and a new event wakes it.
+        let waiting = tokio::spawn(async move { tail.next().await.map(|s| s.map(|s| s.subject)) });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        b.send(msg("herald.s.c", "4"))
+            .await
+            .unwrap()
+            .stored()
+            .await
+            .unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().unwrap(), "herald.s.c");
+        assert!(b.tail("NOPE", ">", before).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

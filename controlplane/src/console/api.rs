@@ -298,6 +298,7 @@ async fn route(console: &Console, req: Request<Incoming>, rest: &str) -> Result<
         });
     }
     let headers = req.headers().clone();
+    let query = query_param(req.uri().query().unwrap_or(""), "q");
     let who = caller(console, &headers).await?;
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["session"]) => {
@@ -327,6 +328,14 @@ async fn route(console: &Console, req: Request<Incoming>, rest: &str) -> Result<
         (Method::GET, ["namespaces"]) => namespaces(console, &who.user).await,
         (Method::GET, ["defaults"]) => defaults(console).await,
         (Method::GET, ["eventstreams"]) => eventstreams(console, &who.user).await,
+        (Method::GET, ["catalog"]) => {
+            console.auth.require(&who.user, &stream_readers()).await?;
+            ok(console.catalog.view(&query, chrono::Utc::now()))
+        }
+        (Method::GET, ["topology"]) => {
+            console.auth.require(&who.user, &stream_readers()).await?;
+            topology(console).await
+        }
         (m, ["namespaces", ns, "subscriptions"]) => {
             let ns = name_segment("namespace", ns)?;
             match m {
@@ -355,6 +364,10 @@ async fn route(console: &Console, req: Request<Incoming>, rest: &str) -> Result<
                 }
                 _ => Err(not_allowed()),
             }
+        }
+        (Method::GET, ["namespaces", ns, "workloads"]) => {
+            let ns = name_segment("namespace", ns)?;
+            workloads(console, &who.user, ns).await
         }
         (Method::GET, ["namespaces", ns, "subscriptions", name, "deadletters"]) => {
             let (ns, name) = (name_segment("namespace", ns)?, name_segment("name", name)?);
@@ -764,20 +777,207 @@ async fn replay_deadletters(
     ok(json!({"replayed": replayed, "failed": failed, "more": more}))
 }
 
-async fn eventstreams(console: &Console, user: &User) -> Result<Reply, ApiError> {
-    console
+/// What runs in a namespace, as far as the user may list it: the pods with the sidecar (their app
+/// ids are what a trigger can target), the pods that asked for it and run without it (missed
+/// injections), and the Services a sink can name.
+async fn workloads(console: &Console, user: &User, ns: &str) -> Result<Reply, ApiError> {
+    use crate::controller::inventory::{running, sidecar_app_id};
+    use crate::webhook::mutate::asks_for_sidecar;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    let core = |verb, resource| Access {
+        verb,
+        group: "",
+        resource,
+        namespace: Some(ns.to_owned()),
+        name: None,
+    };
+    let (mut sidecars, mut missed, mut apps) =
+        (Vec::new(), Vec::new(), std::collections::BTreeSet::new());
+    let pods_allowed = console.auth.allowed(user, &core("list", "pods")).await?;
+    if pods_allowed {
+        let pods = Api::<Pod>::namespaced(console.kube.clone(), ns)
+            .list(&ListParams::default())
+            .await?;
+        for pod in pods.items.iter().filter(|p| running(p)) {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            match sidecar_app_id(pod) {
+                Some(app) => {
+                    if !app.is_empty() {
+                        apps.insert(app.to_owned());
+                    }
+                    sidecars.push(json!({"pod": name, "app": app, "phase": phase}));
+                }
+                None if asks_for_sidecar(&pod.metadata) => missed.push(json!({"pod": name})),
+                None => {}
+            }
+        }
+    }
+    let services_allowed = console
         .auth
-        .require(
-            user,
-            &Access {
-                verb: "list",
-                group: "herald.dev",
-                resource: "eventstreams",
-                namespace: None,
-                name: None,
-            },
-        )
+        .allowed(user, &core("list", "services"))
         .await?;
+    let mut services = Vec::new();
+    if services_allowed {
+        let list = Api::<Service>::namespaced(console.kube.clone(), ns)
+            .list(&ListParams::default())
+            .await?;
+        for svc in list.items {
+            let name = svc.metadata.name.unwrap_or_default();
+            let ports: Vec<i32> = svc
+                .spec
+                .and_then(|s| s.ports)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.port)
+                .collect();
+            let url = match ports.as_slice() {
+                [80] | [] => format!("http://{name}.{ns}.svc.cluster.local"),
+                [p, ..] => format!("http://{name}.{ns}.svc.cluster.local:{p}"),
+            };
+            services.push(json!({"name": name, "ports": ports, "url": url}));
+        }
+    }
+    if !pods_allowed && !services_allowed {
+        return Err(AuthError::Forbidden {
+            user: user.name.clone(),
+            what: format!("list pods or services in namespace {ns:?}"),
+        }
+        .into());
+    }
+    ok(json!({
+        "namespace": ns,
+        "apps": apps,
+        "sidecars": sidecars,
+        "missedInjections": missed,
+        "services": services,
+        "podsListed": pods_allowed,
+        "servicesListed": services_allowed,
+    }))
+}
+
+/// What reading the streams' contents (the catalog, the topology, EventStreams) takes: listing
+/// EventStreams, the cluster-scoped resource that owns them.
+fn stream_readers() -> Access {
+    Access {
+        verb: "list",
+        group: "herald.dev",
+        resource: "eventstreams",
+        namespace: None,
+        name: None,
+    }
+}
+
+/// One query parameter, percent-decoded (empty when absent).
+fn query_param(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Who publishes what to whom: sources → types (from the catalog, with their rates) → subscribers
+/// (the event stream's consumers, by `namespace/app`, with what they have pending and how many
+/// dead letters they left).
+async fn topology(console: &Console) -> Result<Reply, ApiError> {
+    use herald_core::subject::{event_subject, subject_matches};
+    use std::collections::BTreeMap;
+    let now = chrono::Utc::now();
+    let pairs = console.catalog.rates(now);
+    let consumers = console
+        .broker
+        .consumers(&console.stream)
+        .await
+        .map_err(|e| ApiError::Broker(e.to_string()))?;
+    let mut publishers: BTreeMap<String, f64> = BTreeMap::new();
+    let mut types: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let mut edges = Vec::new();
+    for (source, ty, rate, count) in &pairs {
+        *publishers.entry(source.clone()).or_default() += rate;
+        let t = types.entry(ty.clone()).or_default();
+        t.0 += rate;
+        t.1 += count;
+        edges.push(
+            json!({"from": format!("source:{source}"), "to": format!("type:{ty}"), "rate": rate}),
+        );
+    }
+    // Subscribers: one node per namespace/app, one edge per type its consumers take.
+    let mut subscribers: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
+    let mut delivers: BTreeMap<(String, String), (f64, u64)> = BTreeMap::new();
+    for c in &consumers {
+        let Some(desc) = c.description.as_deref() else {
+            continue;
+        };
+        let mut parts = desc.splitn(3, '/');
+        let (Some(ns), Some(app)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let id = format!("{ns}/{app}");
+        let s = subscribers.entry(id.clone()).or_default();
+        s.0 += c.pending;
+        s.1 += c.ack_pending as u64;
+        s.2.push(c.name.clone());
+        let mut matched = false;
+        for (source, ty, rate, _) in &pairs {
+            if subject_matches(&c.filter_subject, &event_subject(source, ty)) {
+                matched = true;
+                let d = delivers.entry((ty.clone(), id.clone())).or_default();
+                d.0 += rate;
+                d.1 += c.pending;
+            }
+        }
+        if !matched {
+            // Nothing seen for it in the window: it still shows, under what it asks for.
+            let wanted = c
+                .filter_subject
+                .strip_prefix("herald.")
+                .and_then(|rest| rest.split_once('.'))
+                .map(|(_, ty)| ty.to_owned())
+                .unwrap_or_else(|| c.filter_subject.clone());
+            types.entry(wanted.clone()).or_default();
+            let d = delivers.entry((wanted, id.clone())).or_default();
+            d.1 += c.pending;
+        }
+    }
+    for ((ty, id), (rate, pending)) in &delivers {
+        edges.push(json!({"from": format!("type:{ty}"), "to": format!("subscriber:{id}"), "rate": rate, "pending": pending}));
+    }
+    let mut subscriber_nodes = Vec::new();
+    for (id, (pending, ack_pending, consumer_names)) in &subscribers {
+        let (ns, app) = id.split_once('/').unwrap_or((id.as_str(), ""));
+        let filter = format!(
+            "{}.{}.{}.>",
+            herald_core::delivery::DLQ_PREFIX,
+            herald_core::subject::encode_token(ns),
+            herald_core::subject::encode_token(app)
+        );
+        let dead = console
+            .broker
+            .count(&console.dlq_stream, &filter)
+            .await
+            .ok();
+        subscriber_nodes.push(json!({
+            "id": format!("subscriber:{id}"), "namespace": ns, "app": app,
+            "pending": pending, "ackPending": ack_pending, "deadLetters": dead,
+            "consumers": consumer_names,
+        }));
+    }
+    ok(json!({
+        "publishers": publishers.iter().map(|(s, r)| json!({"id": format!("source:{s}"), "name": s, "rate": r})).collect::<Vec<_>>(),
+        "types": types.iter().map(|(t, (r, n))| json!({"id": format!("type:{t}"), "name": t, "rate": r, "count": n})).collect::<Vec<_>>(),
+        "subscribers": subscriber_nodes,
+        "edges": edges,
+    }))
+}
+
+async fn eventstreams(console: &Console, user: &User) -> Result<Reply, ApiError> {
+    console.auth.require(user, &stream_readers()).await?;
     let list = Api::<EventStream>::all(console.kube.clone())
         .list(&ListParams::default())
         .await?;

@@ -4,7 +4,8 @@
 //! - [`auth`]: bearer tokens (TokenReview), authorisation of every read and action
 //!   (SubjectAccessReview), browser sessions and their CSRF token.
 //! - [`api`]: the routes: sign-in, Subscriptions (triggers) per namespace, CESQL checks, dead
-//!   letters with replay, EventStreams.
+//!   letters with replay, EventStreams, the catalog and the topology.
+//! - [`catalog`]: every (source, type) seen in the event stream, from a tail of it.
 //! - [`assets`]: the page, its script and its style, embedded in the binary (no CDN, nothing
 //!   downloaded at run time).
 //!
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod catalog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +33,10 @@ pub struct Console {
     pub kube: kube::Client,
     pub broker: Arc<dyn Broker>,
     pub auth: auth::Auth,
-    /// The dead-letter stream.
+    /// The event stream and the dead-letter stream.
+    pub stream: String,
     pub dlq_stream: String,
+    pub catalog: Arc<catalog::Catalog>,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
 }
@@ -41,20 +45,23 @@ impl Console {
     pub fn new(
         kube: kube::Client,
         broker: Arc<dyn Broker>,
-        dlq_stream: String,
+        (stream, dlq_stream): (String, String),
         body_timeout: Duration,
     ) -> Self {
         Console {
             auth: auth::Auth::new(kube.clone()),
             kube,
             broker,
+            stream,
             dlq_stream,
+            catalog: Arc::default(),
             body_timeout,
         }
     }
 }
 
-/// Serves the console on `listener` until `stop`.
+/// Serves the console on `listener` until `stop`, and follows the event stream for the catalog
+/// meanwhile.
 pub async fn serve(
     console: Arc<Console>,
     listener: TcpListener,
@@ -70,6 +77,12 @@ pub async fn serve(
         },
         metrics,
     };
+    let follow = tokio::spawn(catalog::follow(
+        console.catalog.clone(),
+        console.broker.clone(),
+        console.stream.clone(),
+        stop.clone(),
+    ));
     http_server::serve(
         server,
         listener,
@@ -78,4 +91,5 @@ pub async fn serve(
         move |_peer, req| api::handle(console.clone(), req),
     )
     .await;
+    let _ = follow.await;
 }

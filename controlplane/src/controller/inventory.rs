@@ -243,7 +243,7 @@ fn subscriptions(inv: &mut Inventory, ns: &str, app_id: &str, meta: &ObjectMeta)
 }
 
 /// The app id the webhook gave the pod's sidecar, if it has one.
-fn sidecar_app_id(pod: &Pod) -> Option<&str> {
+pub fn sidecar_app_id(pod: &Pod) -> Option<&str> {
     let spec = pod.spec.as_ref()?;
     let sidecar = spec
         .containers
@@ -262,7 +262,7 @@ fn sidecar_app_id(pod: &Pod) -> Option<&str> {
 }
 
 /// Neither finished nor on its way out.
-fn running(pod: &Pod) -> bool {
+pub fn running(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }

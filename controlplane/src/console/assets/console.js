@@ -61,9 +61,12 @@ function button(text, onClick, cls) {
   return b;
 }
 
+const VIEWS = ["catalog", "topology", "triggers", "streams"];
+const SVG = "http://www.w3.org/2000/svg";
+
 function show(view) {
   state.view = view;
-  for (const id of ["signin", "triggers", "streams"]) $(id).hidden = id !== view;
+  for (const id of ["signin"].concat(VIEWS)) $(id).hidden = id !== view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view);
   refresh();
 }
@@ -73,7 +76,7 @@ function showSignIn() {
   $("nav").hidden = true;
   $("signout").hidden = true;
   $("who").textContent = "";
-  for (const id of ["triggers", "streams"]) $(id).hidden = true;
+  for (const id of VIEWS) $(id).hidden = true;
   $("signin").hidden = false;
 }
 
@@ -83,8 +86,8 @@ function signedIn(body) {
   $("nav").hidden = false;
   $("signout").hidden = false;
   $("signin").hidden = true;
-  const view = (location.hash || "#triggers").slice(1);
-  show(view === "streams" ? "streams" : "triggers");
+  const view = (location.hash || "#catalog").slice(1);
+  show(VIEWS.includes(view) ? view : "catalog");
   loadNamespaces();
 }
 
@@ -149,9 +152,132 @@ async function refreshStreams() {
   }));
 }
 
+function rate(r) {
+  return r >= 10 ? r.toFixed(0) : r.toFixed(2);
+}
+
+async function refreshCatalog() {
+  const q = $("catalog-q").value.trim();
+  const res = await api("GET", "/catalog" + (q ? "?q=" + encodeURIComponent(q) : ""));
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  banner(res.body.error ? "The catalog cannot follow the stream: " + res.body.error : "");
+  if (!res.changed) return;
+  const items = res.body.items || [];
+  state.types = items.map((i) => i.type);
+  $("catalog-since").textContent = "since " + res.body.since;
+  $("catalog-table").querySelector("tbody").replaceChildren(...items.map((i) =>
+    row([i.source, i.type, rate(i.rate), i.count, i.lastSeen,
+      i.sample ? button("Sample", () => showSample(i)) : el("span", "no sample", "muted")])));
+  $("catalog-empty").hidden = items.length > 0;
+}
+
+function showSample(i) {
+  const s = i.sample;
+  const lines = Object.keys(s.attributes).map((k) => k + ": " + s.attributes[k]);
+  lines.push("", s.data.text !== undefined ? s.data.text : "(base64) " + s.data.base64);
+  if (s.truncated) lines.push("", "(cut; " + s.dataBytes + " bytes in all)");
+  const pre = $("catalog-sample");
+  pre.textContent = lines.join("\n");
+  pre.hidden = false;
+}
+
+// Three columns (publishers, types, subscribers), nodes as boxes, edges as curves labelled
+// with their rate; the height grows with the longest column, so 50 apps stay readable.
+function drawTopology(t) {
+  const cols = [t.publishers, t.types, t.subscribers];
+  const W = 1100, colX = [20, 420, 820], boxW = 260, boxH = 34, gap = 14, top = 40;
+  const rows = Math.max(1, ...cols.map((c) => c.length));
+  const H = top + rows * (boxH + gap) + 20;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  svg.setAttribute("width", W);
+  svg.setAttribute("height", H);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "topology");
+  const pos = {};
+  const heads = ["Publishers (source)", "Event types", "Subscribers"];
+  cols.forEach((col, ci) => {
+    const h = document.createElementNS(SVG, "text");
+    h.setAttribute("x", colX[ci]); h.setAttribute("y", 20); h.setAttribute("class", "head");
+    h.textContent = heads[ci];
+    svg.appendChild(h);
+    col.forEach((n, ri) => { pos[n.id] = { x: colX[ci], y: top + ri * (boxH + gap) }; });
+  });
+  const edges = document.createElementNS(SVG, "g");
+  svg.appendChild(edges);
+  for (const e of t.edges) {
+    const a = pos[e.from], b = pos[e.to];
+    if (!a || !b) continue;
+    const x1 = a.x + boxW, y1 = a.y + boxH / 2, x2 = b.x, y2 = b.y + boxH / 2, mx = (x1 + x2) / 2;
+    const p = document.createElementNS(SVG, "path");
+    p.setAttribute("d", "M" + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2);
+    p.setAttribute("class", e.pending ? "edge lag" : "edge");
+    edges.appendChild(p);
+    const label = document.createElementNS(SVG, "text");
+    label.setAttribute("x", mx); label.setAttribute("y", (y1 + y2) / 2 - 3); label.setAttribute("class", "edge-label");
+    label.textContent = rate(e.rate || 0) + "/s" + (e.pending ? " · " + e.pending + " pending" : "");
+    edges.appendChild(label);
+  }
+  cols.forEach((col, ci) => col.forEach((n) => {
+    const g = document.createElementNS(SVG, "g");
+    const r = document.createElementNS(SVG, "rect");
+    const at = pos[n.id];
+    r.setAttribute("x", at.x); r.setAttribute("y", at.y); r.setAttribute("width", boxW); r.setAttribute("height", boxH);
+    r.setAttribute("rx", 5);
+    r.setAttribute("class", "node col" + ci + (n.deadLetters ? " failing" : ""));
+    g.appendChild(r);
+    const tx = document.createElementNS(SVG, "text");
+    tx.setAttribute("x", at.x + 8); tx.setAttribute("y", at.y + 21);
+    let text = ci === 2 ? n.namespace + "/" + n.app : n.name;
+    if (ci === 2) text += "  lag " + n.pending + (n.deadLetters ? " · " + n.deadLetters + " dead" : "");
+    else text += "  " + rate(n.rate || 0) + "/s";
+    tx.textContent = text.length > 40 ? text.slice(0, 39) + "…" : text;
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = text;
+    g.append(tx, title);
+    svg.appendChild(g);
+  }));
+  $("topology-box").replaceChildren(svg);
+}
+
+async function refreshTopology() {
+  const res = await api("GET", "/topology");
+  if (res.status !== 200) { banner(errorOf(res)); return; }
+  banner("");
+  if (res.changed) drawTopology(res.body);
+}
+
+async function refreshWorkloads() {
+  const res = await api("GET", "/namespaces/" + encodeURIComponent(state.ns) + "/workloads");
+  if (res.status !== 200) { $("fleet").hidden = true; return; }
+  $("fleet").hidden = false;
+  if (!res.changed) return;
+  const w = res.body;
+  state.workloads = w;
+  const rows = w.sidecars.map((p) => row([p.pod, p.app, el("span", "injected", "ok")]))
+    .concat(w.missedInjections.map((p) => row([p.pod, "", el("span", "asked for it, runs without it: restart it", "bad")])));
+  $("fleet-table").querySelector("tbody").replaceChildren(...rows);
+}
+
 async function refresh() {
-  if (state.view === "triggers") await refreshTriggers();
+  if (state.view === "catalog") await refreshCatalog();
+  else if (state.view === "topology") await refreshTopology();
+  else if (state.view === "triggers") { await refreshTriggers(); if (state.ns) await refreshWorkloads(); }
   else if (state.view === "streams") await refreshStreams();
+}
+
+// The form's pickers: the namespace's apps and Services, and the types in the catalog.
+async function fillPickers() {
+  const target = document.querySelector("input[name=target]:checked").value;
+  const w = state.workloads || { apps: [], services: [] };
+  const opts = target === "app" ? w.apps : w.services.map((s) => s.url);
+  $("targets").replaceChildren(...opts.map((v) => { const o = document.createElement("option"); o.value = v; return o; }));
+  if (!state.types) {
+    const res = await api("GET", "/catalog");
+    state.types = res.status === 200 ? (res.body.items || []).map((i) => i.type) : [];
+  }
+  const types = Array.from(new Set(state.types));
+  $("known-types").replaceChildren(...types.map((v) => { const o = document.createElement("option"); o.value = v; return o; }));
 }
 
 async function loadDefaults() {
@@ -170,6 +296,7 @@ function openForm(title) {
   $("deadletters").hidden = true;
   state.dl = null;
   loadDefaults();
+  fillPickers();
 }
 
 function newTrigger() {
@@ -325,6 +452,9 @@ async function start() {
   $("trigger-form").addEventListener("submit", saveTrigger);
   $("f-sql").addEventListener("input", () => { clearTimeout(sqlTimer); sqlTimer = setTimeout(checkSql, 250); });
   $("replay-all").addEventListener("click", () => replay({ all: true }));
+  for (const r of document.querySelectorAll("input[name=target]")) r.addEventListener("change", fillPickers);
+  let searchTimer = null;
+  $("catalog-q").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(refreshCatalog, 200); });
   $("dl-close").addEventListener("click", () => { state.dl = null; $("deadletters").hidden = true; });
   const res = await api("GET", "/session");
   if (res.status === 200 && res.body.csrf) signedIn(res.body); else showSignIn();
