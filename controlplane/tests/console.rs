@@ -7,64 +7,16 @@
 //! browser session needs its CSRF token to write; security headers and ETags on every answer.
 //! Without the kit the test says so and passes.
 
-use std::sync::Arc;
+mod console_kit;
+
 use std::time::Duration;
 
-use herald_controlplane::console::{self, Console};
-use herald_controlplane::controller::crd::EventStream;
-use herald_controlplane::controller::metrics::ControllerMetrics;
+use console_kit::{ConsoleKit, create};
 use herald_controlplane::controller::subscription::Subscription as HeraldSubscription;
-use herald_controlplane::controller::{self, ControllerConfig, LeaseConfig};
-use herald_runtime::http_server::HttpMetrics;
-use herald_runtime::shutdown::Shutdown;
-use herald_tests::kit::Apiserver;
-use herald_tests::{Nats, eventually};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt as _;
+use herald_tests::eventually;
 use kube::api::{Api, PostParams};
-use prometheus_client::registry::Registry;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn create<K>(api: Api<K>, v: Value)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("a valid object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create an object");
-}
-
-async fn token(client: &kube::Client, ns: &str, sa: &str) -> String {
-    create::<ServiceAccount>(
-        Api::namespaced(client.clone(), ns),
-        json!({"metadata": {"name": sa}}),
-    )
-    .await;
-    let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &req)
-        .await
-        .expect("a token")
-        .status
-        .expect("the token's status")
-        .token
-}
 
 struct Client {
     http: reqwest::Client,
@@ -95,111 +47,12 @@ impl Client {
 
 #[tokio::test]
 async fn the_console_api_acts_only_with_the_callers_rights() {
-    let Some(api) = Apiserver::start("the_console_api_acts_only_with_the_callers_rights") else {
+    let Some(kit) = ConsoleKit::start("the_console_api_acts_only_with_the_callers_rights").await
+    else {
         return;
     };
-    let admin = api.client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in [EventStream::crd(), HeraldSubscription::crd()] {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("create a CRD");
-    }
-    for ns in ["herald-system", "shop", "other"] {
-        create::<Namespace>(Api::all(admin.clone()), json!({"metadata": {"name": ns}})).await;
-        create::<ServiceAccount>(
-            Api::namespaced(admin.clone(), ns),
-            json!({"metadata": {"name": "default"}}),
-        )
-        .await;
-    }
-    // The EventStream, once its CRD is served.
-    let streams: Api<EventStream> = Api::all(admin.clone());
-    let es: EventStream = serde_json::from_value(json!({
-        "apiVersion": "herald.dev/v1alpha1", "kind": "EventStream",
-        "metadata": {"name": "default"}, "spec": {}
-    }))
-    .unwrap();
-    eventually(
-        Duration::from_secs(20),
-        "the EventStream CRD served",
-        || {
-            let (streams, es) = (streams.clone(), es.clone());
-            async move { streams.create(&PostParams::default(), &es).await.is_ok() }
-        },
-    )
-    .await;
-
-    // alice may do everything with Subscriptions in shop and read EventStreams; bob may only
-    // list Subscriptions in other.
-    create::<Role>(Api::namespaced(admin.clone(), "shop"), json!({
-        "metadata": {"name": "triggers"},
-        "rules": [
-            {"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
-            {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["list"]}
-        ]
-    })).await;
-    create::<RoleBinding>(Api::namespaced(admin.clone(), "shop"), json!({
-        "metadata": {"name": "alice-triggers"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "triggers"},
-        "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": "shop"}]
-    })).await;
-    create::<ClusterRole>(Api::all(admin.clone()), json!({
-        "metadata": {"name": "eventstream-reader"},
-        "rules": [{"apiGroups": ["herald.dev"], "resources": ["eventstreams"], "verbs": ["get", "list"]}]
-    })).await;
-    create::<ClusterRoleBinding>(Api::all(admin.clone()), json!({
-        "metadata": {"name": "alice-eventstreams"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "eventstream-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": "shop"}]
-    })).await;
-    create::<Role>(Api::namespaced(admin.clone(), "other"), json!({
-        "metadata": {"name": "list-triggers"},
-        "rules": [{"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["list"]}]
-    })).await;
-    create::<RoleBinding>(Api::namespaced(admin.clone(), "other"), json!({
-        "metadata": {"name": "bob-list"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-triggers"},
-        "subjects": [{"kind": "ServiceAccount", "name": "bob", "namespace": "shop"}]
-    })).await;
-    let alice = token(&admin, "shop", "alice").await;
-    let bob = token(&admin, "shop", "bob").await;
-
-    // NATS, the controller (it gives Subscriptions their consumers), and the console, which acts
-    // with the admin's client as the control plane acts with its ServiceAccount.
-    let nats = Nats::start();
-    let broker = Arc::new(nats.broker().await);
-    let stop = Shutdown::new();
-    let cfg = ControllerConfig {
-        event_stream: "default".into(),
-        stream: "HERALD".into(),
-        dlq_stream: "HERALD_DLQ".into(),
-        period: Duration::from_secs(3600),
-        orphan_grace: Duration::from_secs(3600),
-        lease: LeaseConfig::new("herald-system".into(), "herald-0".into()),
-    };
-    let leader = tokio::spawn(controller::lead(
-        admin.clone(),
-        broker.clone(),
-        cfg,
-        Arc::new(ControllerMetrics::new(&mut Registry::default())),
-        stop.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let console_stop = Shutdown::new();
-    let served = tokio::spawn(console::serve(
-        Arc::new(Console::new(
-            admin.clone(),
-            broker.clone(),
-            ("HERALD".into(), "HERALD_DLQ".into()),
-            Duration::from_secs(5),
-        )),
-        listener,
-        HttpMetrics::new(&mut Registry::default()),
-        Duration::from_secs(5),
-        console_stop.clone(),
-    ));
+    let (admin, nats, base) = (kit.admin.clone(), &kit.nats, kit.base.clone());
+    let (alice, bob) = (kit.alice.clone(), kit.bob.clone());
     let c = Client {
         http: reqwest::Client::new(),
         base: base.clone(),
@@ -677,8 +530,5 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    console_stop.trigger();
-    served.await.unwrap();
-    stop.trigger();
-    leader.await.unwrap().unwrap();
+    kit.stop().await;
 }

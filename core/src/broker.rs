@@ -200,6 +200,25 @@ pub trait Tail: Send {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Seen, BrokerError>>>;
 }
 
+/// An event as it was published, seen by an [`Observer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub subject: String,
+    pub headers: Headers,
+    pub payload: Bytes,
+    /// When the observer received it.
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Sees every publish on some subjects as it happens, stored or not (an interest-retention
+/// stream stores nothing that no consumer wants), without taking part in delivery: a plain
+/// subscription. What arrives faster than it is read may be dropped; it is for looking, never
+/// for delivering.
+pub trait Observer: Send {
+    /// The next publish; waits for one. `None` once the subscription ended.
+    fn next(&mut self) -> BoxFuture<'_, Option<Observed>>;
+}
+
 /// A message as a stream holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
@@ -258,6 +277,8 @@ pub trait Admin: Send + Sync {
         filter: &str,
         since: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'_, Result<Box<dyn Tail>, BrokerError>>;
+    /// Sees every publish on subjects matching `filter` from now on.
+    fn observe(&self, filter: &str) -> BoxFuture<'_, Result<Box<dyn Observer>, BrokerError>>;
     fn delete_message(&self, stream: &str, sequence: u64)
     -> BoxFuture<'_, Result<(), BrokerError>>;
 }

@@ -4,8 +4,8 @@
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt as _;
 use herald_core::broker::{
-    Admin, BoxFuture, BrokerError, ConsumerState, Seen, StoredMessage, StreamError, StreamState,
-    Tail,
+    Admin, BoxFuture, BrokerError, ConsumerState, Observed, Observer, Seen, StoredMessage,
+    StreamError, StreamState, Tail,
 };
 use herald_core::policy::{Discard, Ensured, Retention, Storage, StreamPolicy};
 use herald_core::wire::Headers;
@@ -300,6 +300,14 @@ impl Admin for JetStream {
         })
     }
 
+    fn observe(&self, filter: &str) -> BoxFuture<'_, Result<Box<dyn Observer>, BrokerError>> {
+        let filter = filter.to_owned();
+        Box::pin(async move {
+            let sub = self.client.subscribe(filter).await.map_err(other)?;
+            Ok(Box::new(JsObserver { sub }) as Box<dyn Observer>)
+        })
+    }
+
     fn delete_message(
         &self,
         stream: &str,
@@ -331,6 +339,32 @@ impl Tail for JsTail {
                 subject: m.subject.to_string(),
                 time: i.published,
             }))
+        })
+    }
+}
+
+/// [`Admin::observe`] over a core NATS subscription.
+struct JsObserver {
+    sub: async_nats::Subscriber,
+}
+
+impl Observer for JsObserver {
+    fn next(&mut self) -> BoxFuture<'_, Option<Observed>> {
+        Box::pin(async move {
+            use futures::StreamExt as _;
+            let m = self.sub.next().await?;
+            let mut headers = Headers::new();
+            for (n, vs) in m.headers.iter().flat_map(|h| h.iter()) {
+                for v in vs {
+                    headers.push(AsRef::<str>::as_ref(n), v.as_str());
+                }
+            }
+            Some(Observed {
+                subject: m.subject.to_string(),
+                headers,
+                payload: m.payload,
+                time: chrono::Utc::now(),
+            })
         })
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_core::broker::{
     Admin, BoxFuture, BrokerError, ConfigStore, ConsumerState, Consumers, KeyWatch, Lease,
-    LeaseInfo, Leased, Pending, Seen, Settle, Store, StoreError, StoredMessage, StreamError,
-    StreamState, Tail,
+    LeaseInfo, Leased, Observed, Observer, Pending, Seen, Settle, Store, StoreError, StoredMessage,
+    StreamError, StreamState, Tail,
 };
 use herald_core::consumer::ConsumerSpec;
 use herald_core::contract::StartPosition;
@@ -41,6 +41,8 @@ struct State {
     streams: BTreeMap<String, MemStream>,
     buckets: HashMap<String, HashMap<String, Bytes>>,
     watchers: Vec<(String, String, mpsc::UnboundedSender<Option<Bytes>>)>,
+    /// Observers: their filter and where each publish goes.
+    observers: Vec<(String, mpsc::UnboundedSender<Observed>)>,
 }
 
 struct MemStream {
@@ -203,6 +205,19 @@ impl Store for MemBroker {
             if st.disconnected {
                 return Err(StoreError::Unavailable("not connected".into()));
             }
+            // Observers see every publish, as a core NATS subscription does.
+            let now = chrono::Utc::now();
+            st.observers.retain(|(filter, tx)| {
+                !matches(filter, &msg.subject)
+                    || tx
+                        .send(Observed {
+                            subject: msg.subject.clone(),
+                            headers: msg.headers.clone(),
+                            payload: msg.payload.clone(),
+                            time: now,
+                        })
+                        .is_ok()
+            });
             let Some(stream) = st
                 .streams
                 .values_mut()
@@ -667,6 +682,16 @@ impl Admin for MemBroker {
         })
     }
 
+    fn observe(&self, filter: &str) -> BoxFuture<'_, Result<Box<dyn Observer>, BrokerError>> {
+        let filter = filter.to_owned();
+        Box::pin(async move {
+            self.disconnected()?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.lock().observers.push((filter, tx));
+            Ok(Box::new(MemObserver { rx }) as Box<dyn Observer>)
+        })
+    }
+
     fn delete_message(
         &self,
         stream: &str,
@@ -822,6 +847,17 @@ impl KeyWatch for MemWatch {
     }
 }
 
+/// [`Admin::observe`] in memory.
+struct MemObserver {
+    rx: mpsc::UnboundedReceiver<Observed>,
+}
+
+impl Observer for MemObserver {
+    fn next(&mut self) -> BoxFuture<'_, Option<Observed>> {
+        Box::pin(self.rx.recv())
+    }
+}
+
 /// [`Admin::tail`] in memory: reads the stream's map in order, and waits for a change.
 struct MemTail {
     broker: MemBroker,
@@ -934,6 +970,22 @@ mod tests {
             .unwrap();
         assert_eq!(waiting.await.unwrap().unwrap().unwrap(), "herald.s.c");
         assert!(b.tail("NOPE", ">", before).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_observer_sees_every_publish_on_its_subjects() {
+        let b = broker().await;
+        let mut o = b.observe("herald.s.>").await.unwrap();
+        b.send(msg("herald.s.a", "1")).await.unwrap();
+        b.send(msg("herald.s.a", "1")).await.unwrap(); // a duplicate: not stored, still seen
+        b.send(msg("herald.t.a", "2")).await.unwrap();
+        assert_eq!(o.next().await.unwrap().subject, "herald.s.a");
+        assert_eq!(o.next().await.unwrap().subject, "herald.s.a");
+        assert_eq!(b.stored("HERALD").len(), 2);
+        drop(o);
+        // A dropped observer is forgotten on the next publish.
+        b.send(msg("herald.s.b", "3")).await.unwrap();
+        assert!(b.lock().observers.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

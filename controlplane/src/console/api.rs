@@ -686,14 +686,7 @@ async fn get_deadletter(
         .map(|(k, v)| json!([k, v]))
         .collect();
     let payload = &d.message.payload;
-    let shown_bytes = &payload[..payload.len().min(MAX_SHOWN_DATA_BYTES)];
-    let data = match std::str::from_utf8(shown_bytes) {
-        Ok(text) => json!({"text": text}),
-        Err(_) => {
-            use base64::Engine as _;
-            json!({"base64": base64::engine::general_purpose::STANDARD.encode(shown_bytes)})
-        }
-    };
+    let data = super::catalog::shown_data(payload, MAX_SHOWN_DATA_BYTES);
     let mut out = summary(&d);
     out["headers"] = Value::Array(headers);
     out["data"] = data;

@@ -37,6 +37,27 @@ function errorOf(res) {
   return res.status === 403 ? "Not allowed: " + e : e;
 }
 
+// What a view showed is cleared when the user may not see it (or no longer may).
+function denied(res, ...ids) {
+  banner(errorOf(res));
+  for (const id of ids) {
+    const e = $(id);
+    if (e.tagName === "TABLE") e.querySelector("tbody").replaceChildren(); else e.replaceChildren();
+  }
+}
+
+function when(t) {
+  return t ? String(t).slice(0, 19).replace("T", " ") + " UTC" : "";
+}
+
+function size(n) {
+  if (n === undefined || n === null || n < 0) return "none";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+}
+
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -115,7 +136,7 @@ async function refreshTriggers() {
   if (!state.ns) return;
   const path = "/namespaces/" + encodeURIComponent(state.ns) + "/subscriptions";
   const res = await api("GET", path);
-  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (res.status !== 200) { denied(res, "trigger-table"); return; }
   banner("");
   if (!res.changed) return;
   const tbody = $("trigger-table").querySelector("tbody");
@@ -128,7 +149,7 @@ async function refreshTriggers() {
       button("Dead letters", () => openDeadLetters(s.metadata.name)),
       button("Delete", () => deleteTrigger(s.metadata.name), "danger"));
     return row([s.metadata.name, s.spec.app ? "app " + s.spec.app : s.spec.sink, (s.spec.types || []).join(", "),
-      readyOf(s), st.pending, st.deadLetters, st.lastDelivery, actions]);
+      readyOf(s), st.pending, st.deadLetters, when(st.lastDelivery), actions]);
   }));
   $("no-triggers").hidden = items.length > 0;
   if (state.dl) refreshDeadLetters();
@@ -136,11 +157,11 @@ async function refreshTriggers() {
 
 async function refreshStreams() {
   const res = await api("GET", "/eventstreams");
-  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (res.status !== 200) { denied(res, "stream-table", "eventstreams"); return; }
   banner("");
   if (!res.changed) return;
   $("stream-table").querySelector("tbody").replaceChildren(...(res.body.streams || []).map((s) =>
-    row([s.name, s.messages, s.bytes, s.maxBytes < 0 ? "none" : s.maxBytes, s.consumers])));
+    row([s.name, s.messages, size(s.bytes), size(s.maxBytes), s.consumers])));
   const box = $("eventstreams");
   box.replaceChildren(...(res.body.items || []).map((e) => {
     const div = el("div");
@@ -159,14 +180,14 @@ function rate(r) {
 async function refreshCatalog() {
   const q = $("catalog-q").value.trim();
   const res = await api("GET", "/catalog" + (q ? "?q=" + encodeURIComponent(q) : ""));
-  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (res.status !== 200) { denied(res, "catalog-table"); $("catalog-sample").hidden = true; return; }
   banner(res.body.error ? "The catalog cannot follow the stream: " + res.body.error : "");
   if (!res.changed) return;
   const items = res.body.items || [];
   state.types = items.map((i) => i.type);
-  $("catalog-since").textContent = "since " + res.body.since;
+  $("catalog-since").textContent = "counted since " + when(res.body.since);
   $("catalog-table").querySelector("tbody").replaceChildren(...items.map((i) =>
-    row([i.source, i.type, rate(i.rate), i.count, i.lastSeen,
+    row([i.source, i.type, rate(i.rate), i.count, when(i.lastSeen),
       i.sample ? button("Sample", () => showSample(i)) : el("span", "no sample", "muted")])));
   $("catalog-empty").hidden = items.length > 0;
 }
@@ -242,7 +263,7 @@ function drawTopology(t) {
 
 async function refreshTopology() {
   const res = await api("GET", "/topology");
-  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (res.status !== 200) { denied(res, "topology-box"); return; }
   banner("");
   if (res.changed) drawTopology(res.body);
 }
@@ -400,13 +421,13 @@ function openDeadLetters(name) {
 
 async function refreshDeadLetters() {
   const res = await api("GET", dlPath());
-  if (res.status !== 200) { banner(errorOf(res)); return; }
+  if (res.status !== 200) { denied(res, "dl-table"); return; }
   if (!res.changed) return;
   const items = res.body.items || [];
   $("dl-table").querySelector("tbody").replaceChildren(...items.map((d) => {
     const actions = el("span");
     actions.append(button("Inspect", () => inspect(d.seq)), button("Replay", () => replay({ seqs: [d.seq] })));
-    return row([d.seq, d.time, d.type, d.id, d.status, d.attempts, d.reason, actions]);
+    return row([d.seq, when(d.time), d.type, d.id, d.status, d.attempts, d.reason, actions]);
   }));
   const more = $("dl-more");
   more.hidden = res.body.complete;
@@ -444,7 +465,8 @@ async function start() {
     banner("");
     signedIn(res.body);
   });
-  $("signout").addEventListener("click", async () => { await api("DELETE", "/session"); showSignIn(); });
+  // Signing out reloads the page: nothing the last user saw stays in memory or on screen.
+  $("signout").addEventListener("click", async () => { await api("DELETE", "/session"); location.reload(); });
   for (const a of document.querySelectorAll("nav a")) a.addEventListener("click", () => show(a.dataset.view));
   $("namespace").addEventListener("change", (e) => { state.ns = e.target.value; state.dl = null; $("deadletters").hidden = true; refresh(); });
   $("new-trigger").addEventListener("click", newTrigger);
