@@ -475,6 +475,34 @@ fn options_render_what_they_promise() {
     let role = serde_json::to_string(&o["ClusterRole/herald"]).unwrap();
     assert!(role.contains("eventing.kyma-project.io"), "{role}");
 
+    // The console: off by default; on, its listener, container and Service port, and the grants
+    // it needs (reviews, namespaces, Subscriptions); refused without the controller.
+    let o = render(&[]);
+    let svc = serde_json::to_string(&o["Service/herald"]).unwrap();
+    assert!(!svc.contains("console"), "{svc}");
+    let o = render(&["--set", "console.enabled=true"]);
+    let d = serde_json::to_string(&o["Deployment/herald"]).unwrap();
+    assert!(
+        d.contains("HERALD_CONSOLE_LISTEN") && d.contains("0.0.0.0:8090"),
+        "{d}"
+    );
+    assert_eq!(o["Service/herald"]["spec"]["ports"][2]["name"], "console");
+    assert_eq!(o["Service/herald"]["spec"]["ports"][2]["port"], 8090);
+    let role = serde_json::to_string(&o["ClusterRole/herald"]).unwrap();
+    for grant in ["tokenreviews", "subjectaccessreviews", "namespaces"] {
+        assert!(role.contains(grant), "{grant}: {role}");
+    }
+    let (ok, _, err) = template(&[
+        "--set",
+        "console.enabled=true",
+        "--set",
+        "controller.enabled=false",
+    ]);
+    assert!(
+        !ok && err.contains("console.enabled needs controller.enabled"),
+        "{err}"
+    );
+
     // cert-manager: a Certificate for the Service names, the CA injected, no generated Secret.
     let o = render(&["--set", "webhook.certificate.source=cert-manager"]);
     assert!(!o.contains_key("Secret/herald-webhook-tls"));
