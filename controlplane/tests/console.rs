@@ -414,6 +414,26 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
         .await;
     assert_eq!(s, 403);
 
+    // Bodies must be JSON said as such (no other site's form can sign in or write), and small.
+    let r = c
+        .http
+        .post(format!("{base}/api/v1/session"))
+        .header("content-type", "text/plain")
+        .body(json!({"token": alice}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = c
+        .http
+        .post(format!("{base}/api/v1/cesql"))
+        .bearer_auth(&alice)
+        .json(&json!({"expression": "x".repeat(70_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
     // A browser session: the cookie signs in, and a write without the CSRF token is refused.
     let (s, v) = c
         .call(

@@ -351,6 +351,8 @@ async fn herald_on_a_real_cluster() {
             "controller.period=2s",
             "--set",
             "controller.orphanGrace=1h",
+            "--set",
+            "console.enabled=true",
             "--wait",
             "--timeout",
             "120s",
@@ -418,6 +420,71 @@ async fn herald_on_a_real_cluster() {
             "{app}'s sidecar warned while starting:\n{log}"
         );
     }
+
+    // The console, on the chart's grants: a user's token reviewed (TokenReview), what it may see
+    // reviewed (SubjectAccessReview), the catalog filled by what the examples published; a token
+    // without rights is refused.
+    node.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: console-viewer, namespace: shop}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nobody, namespace: shop}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: console-viewer}\n\
+         rules: [{apiGroups: [herald.dev], resources: [subscriptions, eventstreams], verbs: [get, list]}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: console-viewer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: console-viewer}\n\
+         subjects: [{kind: ServiceAccount, name: console-viewer, namespace: shop}]\n",
+    );
+    let token = |sa: &str| {
+        node.kubectl(&["-n", "shop", "create", "token", sa])
+            .trim()
+            .to_owned()
+    };
+    let (viewer, nobody) = (token("console-viewer"), token("nobody"));
+    let cp = node.json(&[
+        "-n",
+        "herald-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=control-plane",
+    ]);
+    let cp_ip = cp["items"][0]["status"]["podIP"]
+        .as_str()
+        .expect("a control-plane pod's IP")
+        .to_owned();
+    let console = format!("http://{cp_ip}:8090/api/v1");
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{console}{path}"))
+            .bearer_auth(token)
+            .send()
+    };
+    let who: Value = get("/whoami", &viewer)
+        .await
+        .expect("the console answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        who["user"]["name"],
+        "system:serviceaccount:shop:console-viewer"
+    );
+    let catalog: Value = get("/catalog?q=order", &viewer)
+        .await
+        .expect("the console answers")
+        .json()
+        .await
+        .expect("JSON");
+    let types: Vec<&str> = catalog["items"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|i| i["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        types.contains(&"order.created.v1") && types.contains(&"order.shipped.v1"),
+        "{catalog}"
+    );
+    let refused = get("/catalog", &nobody).await.expect("the console answers");
+    assert_eq!(refused.status(), 403);
+    done(&mut steps, "console on the chart's grants", &mut t);
     done(
         &mut steps,
         "examples: orders -> payments -> shipping -> orders",

@@ -50,6 +50,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    #[error("a request body must be JSON, sent with `Content-Type: application/json`")]
+    MediaType,
     #[error("{method} is not allowed on {path}")]
     Method { method: Method, path: String },
     #[error("{0}")]
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             // The apiserver's own answer (409 conflict, 422 schema, 404) passes through.
             ApiError::Kube(kube::Error::Api(s)) => {
@@ -235,7 +238,22 @@ impl Caller {
     }
 }
 
+/// A request's JSON body. It must say `Content-Type: application/json`: a page of another site
+/// cannot send that without a CORS preflight, which the console never grants, so no other site can
+/// make a browser sign in or write here (forms can only send `text/plain` and the like).
 async fn body(console: &Console, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Err(ApiError::MediaType);
+    }
     let collected = tokio::time::timeout(
         console.body_timeout,
         Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
@@ -247,7 +265,13 @@ async fn body(console: &Console, req: Request<Incoming>) -> Result<Value, ApiErr
             console.body_timeout
         ))
     })?
-    .map_err(|_| ApiError::TooLarge)?
+    .map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadRequest(format!("the request body could not be read: {e}"))
+        }
+    })?
     .to_bytes();
     if collected.is_empty() {
         return Ok(Value::Null);
@@ -334,7 +358,22 @@ async fn route(console: &Console, req: Request<Incoming>, rest: &str) -> Result<
         }
         (Method::GET, ["topology"]) => {
             console.auth.require(&who.user, &stream_readers()).await?;
-            topology(console).await
+            let cached = console
+                .topology
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < super::TOPOLOGY_TTL)
+                .map(|(_, v)| v.clone());
+            match cached {
+                Some(v) => ok(v),
+                None => {
+                    let v = topology(console).await?;
+                    *console.topology.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((std::time::Instant::now(), v.clone()));
+                    ok(v)
+                }
+            }
         }
         (m, ["namespaces", ns, "subscriptions"]) => {
             let ns = name_segment("namespace", ns)?;
@@ -878,7 +917,7 @@ fn query_param(query: &str, name: &str) -> String {
 /// Who publishes what to whom: sources → types (from the catalog, with their rates) → subscribers
 /// (the event stream's consumers, by `namespace/app`, with what they have pending and how many
 /// dead letters they left).
-async fn topology(console: &Console) -> Result<Reply, ApiError> {
+async fn topology(console: &Console) -> Result<Value, ApiError> {
     use herald_core::subject::{event_subject, subject_matches};
     use std::collections::BTreeMap;
     let now = chrono::Utc::now();
@@ -961,7 +1000,7 @@ async fn topology(console: &Console) -> Result<Reply, ApiError> {
             "consumers": consumer_names,
         }));
     }
-    ok(json!({
+    Ok(json!({
         "publishers": publishers.iter().map(|(s, r)| json!({"id": format!("source:{s}"), "name": s, "rate": r})).collect::<Vec<_>>(),
         "types": types.iter().map(|(t, (r, n))| json!({"id": format!("type:{t}"), "name": t, "rate": r, "count": n})).collect::<Vec<_>>(),
         "subscribers": subscriber_nodes,

@@ -28,6 +28,9 @@ use tokio::net::TcpListener;
 
 use crate::limits::console::MAX_CONNECTIONS;
 
+/// How long a computed topology is shown before it is computed again.
+pub const TOPOLOGY_TTL: Duration = Duration::from_secs(2);
+
 /// What the console works with.
 pub struct Console {
     pub kube: kube::Client,
@@ -37,6 +40,9 @@ pub struct Console {
     pub stream: String,
     pub dlq_stream: String,
     pub catalog: Arc<catalog::Catalog>,
+    /// The last topology and when it was computed: every open page asks every 3 s, and it costs
+    /// a request to JetStream per subscriber, so it is computed at most every [`TOPOLOGY_TTL`].
+    pub topology: std::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
 }
@@ -55,6 +61,7 @@ impl Console {
             stream,
             dlq_stream,
             catalog: Arc::default(),
+            topology: std::sync::Mutex::new(None),
             body_timeout,
         }
     }
