@@ -421,9 +421,9 @@ async fn herald_on_a_real_cluster() {
         );
     }
 
-    // The console, on the chart's grants: a user's token reviewed (TokenReview), what it may see
-    // reviewed (SubjectAccessReview), the catalog filled by what the examples published; a token
-    // without rights is refused.
+    // The console, on the chart's grants and through `kubectl port-forward`: a user's token
+    // reviewed (TokenReview), what it may see reviewed (SubjectAccessReview), the catalog filled
+    // by what the examples published; a token without rights is refused.
     node.apply(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: console-viewer, namespace: shop}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nobody, namespace: shop}\n---\n\
@@ -439,19 +439,34 @@ async fn herald_on_a_real_cluster() {
             .to_owned()
     };
     let (viewer, nobody) = (token("console-viewer"), token("nobody"));
-    let cp = node.json(&[
-        "-n",
-        "herald-system",
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/component=control-plane",
-    ]);
-    let cp_ip = cp["items"][0]["status"]["podIP"]
-        .as_str()
-        .expect("a control-plane pod's IP")
+    // Reached as docs/CONSOLE.md says: `kubectl port-forward` to the Service's console port.
+    let mut forward = Command::new(&node.kubectl)
+        .args(["-n", "herald-system", "port-forward", "svc/herald", ":8090"])
+        .env("KUBECONFIG", node.var("KUBECONFIG"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let first = {
+        use std::io::BufRead as _;
+        let out = forward.stdout.take().expect("its output");
+        let mut reader = std::io::BufReader::new(out);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("kubectl port-forward says where it listens");
+        // It says "Handling connection for PORT" for each connection: keep reading, or it fails
+        // writing and drops the connection.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        line
+    };
+    // "Forwarding from 127.0.0.1:PORT -> 8090"
+    let local = first
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("kubectl port-forward said {first:?}"))
         .to_owned();
-    let console = format!("http://{cp_ip}:8090/api/v1");
+    let console = format!("http://{local}/api/v1");
     let http = reqwest::Client::new();
     let get = |path: &str, token: &str| {
         http.get(format!("{console}{path}"))
@@ -484,6 +499,8 @@ async fn herald_on_a_real_cluster() {
     );
     let refused = get("/catalog", &nobody).await.expect("the console answers");
     assert_eq!(refused.status(), 403);
+    let _ = forward.kill();
+    let _ = forward.wait();
     done(&mut steps, "console on the chart's grants", &mut t);
     done(
         &mut steps,
