@@ -552,3 +552,90 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
 
     kit.stop().await;
 }
+
+/// The catalog against a real nats-server without Kubernetes: what the stream held before the
+/// console started is found (last time and sample, not counted), and what is published after is
+/// counted; the tail and the observer through JetStream as the control plane runs them.
+#[tokio::test]
+async fn the_catalog_finds_what_the_stream_holds_and_counts_what_comes() {
+    use herald_controlplane::console::catalog::{self, Catalog};
+    use herald_core::broker::Broker;
+    let nats = herald_tests::Nats::start();
+    let js = nats.create_streams().await;
+    let publish = |source: &'static str, ty: &'static str, id: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            for (k, v) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", id),
+                ("ce-source", source),
+                ("ce-type", ty),
+            ] {
+                h.insert(k, v);
+            }
+            js.publish_with_headers(
+                herald_core::subject::event_subject(source, ty),
+                h,
+                format!("{{\"id\":\"{id}\"}}").into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        }
+    };
+    publish("checkout", "order.paid.v1", "before-1").await;
+    publish("billing", "invoice.sent.v1", "before-2").await;
+
+    let broker: std::sync::Arc<dyn Broker> = std::sync::Arc::new(nats.broker().await);
+    let cat = std::sync::Arc::new(Catalog::default());
+    let stop = herald_runtime::shutdown::Shutdown::new();
+    let follow = tokio::spawn(catalog::follow(
+        cat.clone(),
+        broker,
+        "HERALD".into(),
+        stop.clone(),
+    ));
+    let view = |cat: std::sync::Arc<Catalog>| async move { cat.view("", chrono::Utc::now()) };
+    eventually(Duration::from_secs(20), "the held events found", || {
+        let cat = cat.clone();
+        async move {
+            let v = view(cat).await;
+            v["items"].as_array().is_some_and(|i| {
+                i.len() == 2
+                    && i.iter()
+                        .all(|i| i["count"] == 0 && i["lastSeen"].is_string())
+                    && i.iter()
+                        .any(|i| i["sample"]["data"]["text"] == "{\"id\":\"before-2\"}")
+            })
+        }
+    })
+    .await;
+    publish("checkout", "order.paid.v1", "after-1").await;
+    publish("checkout", "order.paid.v1", "after-2").await;
+    eventually(Duration::from_secs(20), "the new events counted", || {
+        let cat = cat.clone();
+        async move {
+            let v = view(cat).await;
+            v["items"].as_array().is_some_and(|i| {
+                i.iter()
+                    .any(|i| i["source"] == "checkout" && i["count"] == 2)
+            })
+        }
+    })
+    .await;
+    let v = view(cat.clone()).await;
+    let billing = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["source"] == "billing")
+        .unwrap();
+    assert_eq!(
+        billing["count"], 0,
+        "what was there before is not counted: {v}"
+    );
+    stop.trigger();
+    follow.await.unwrap();
+}
