@@ -3,7 +3,7 @@
 //! sees an event published through a sidecar in the catalog and in the topology, creates a
 //! trigger in the form (the CESQL field checked as she types) and the next event reaches the
 //! target app; an event its app refuses is dead-lettered, listed on the page and replayed from
-//! it; bob, without rights, sees the 403 message. Each page is saved as a screenshot in
+//! it; the topology at 50 apps; bob, without rights, sees the 403 message. Each page is saved as a screenshot in
 //! `target/console-screenshots/` (docs/CONSOLE.md shows them).
 //!
 //! Needs the Kubernetes test kit (`HERALD_TEST_K8S`), `chromium` and `chromedriver` (Debian's
@@ -292,6 +292,41 @@ async fn the_console_in_a_browser() {
     wait_text(&c, "#topology-box", "shop/orders").await;
     wait_text(&c, "#topology-box", "checkout").await;
     screenshot(&c, "topology").await;
+
+    // At 50 apps: 50 more sources publishing, each to its own app (consumers made as the
+    // controller makes them, described `namespace/app/filter`), drawn whole in a tall window.
+    let js = kit.nats.jetstream().await;
+    let stream = js.get_stream("HERALD").await.expect("the event stream");
+    for i in 0..50 {
+        let (source, ty) = (format!("src-{i}"), format!("event-{i}.v1"));
+        let subject = herald_core::subject::event_subject(&source, &ty);
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(format!("fifty-{i}")),
+                description: Some(format!("shop/app-{i}/{source}/{ty}")),
+                filter_subject: subject.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a consumer");
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("ce-specversion", "1.0");
+        h.insert("ce-id", format!("f-{i}").as_str());
+        h.insert("ce-source", source.as_str());
+        h.insert("ce-type", ty.as_str());
+        js.publish_with_headers(subject, h, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    wait_text(&c, "#topology-box", "shop/app-49").await;
+    c.set_window_size(1280, 2750).await.expect("a tall window");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    screenshot(&c, "topology-50").await;
+    c.set_window_size(1280, 1000)
+        .await
+        .expect("the window back");
 
     // Streams.
     click(&c, "nav a[data-view=streams]").await;

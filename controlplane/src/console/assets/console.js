@@ -204,8 +204,20 @@ function showSample(i) {
 
 // Three columns (publishers, types, subscribers), nodes as boxes, edges as curves labelled
 // with their rate; the height grows with the longest column, so 50 apps stay readable.
+// Each column after the first is ordered by the rows of what feeds it (the first row with an
+// edge to it), so most edges run straight across instead of crossing the page.
+function orderBy(prev, col, edges) {
+  const row = new Map(prev.map((n, i) => [n.id, i]));
+  const key = new Map(col.map((n) => [n.id, Infinity]));
+  for (const e of edges) {
+    if (row.has(e.from) && key.has(e.to)) key.set(e.to, Math.min(key.get(e.to), row.get(e.from)));
+  }
+  return col.slice().sort((a, b) => (key.get(a.id) - key.get(b.id)) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
 function drawTopology(t) {
-  const cols = [t.publishers, t.types, t.subscribers];
+  const types = orderBy(t.publishers, t.types, t.edges);
+  const cols = [t.publishers, types, orderBy(types, t.subscribers, t.edges)];
   const W = 1100, colX = [20, 420, 820], boxW = 260, boxH = 34, gap = 14, top = 40;
   const rows = Math.max(1, ...cols.map((c) => c.length));
   const H = top + rows * (boxH + gap) + 20;
