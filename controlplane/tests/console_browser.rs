@@ -22,7 +22,8 @@ use herald_tests::sink::Sink;
 use herald_tests::{Herald, eventually};
 use serde_json::json;
 
-/// chromedriver on a free port, killed on drop.
+/// chromedriver on a free port, in a process group of its own; on drop the whole group is
+/// killed, so the Chromium it started goes too even when the test failed before closing it.
 struct Driver {
     child: Child,
     url: String,
@@ -30,6 +31,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -47,8 +53,10 @@ async fn driver(bin: &PathBuf) -> Driver {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    use std::os::unix::process::CommandExt as _;
     let child = Command::new(bin)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
