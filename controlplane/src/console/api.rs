@@ -649,6 +649,36 @@ async fn consumers_of(console: &Console, ns: &str, name: &str) -> Result<Vec<Str
     Ok(s.status.map(|s| s.consumers).unwrap_or_default())
 }
 
+/// A trigger's dead letters (those of its consumers; `seqs` narrows them), newest first, at most
+/// [`MAX_DEADLETTER_SCAN`] read; an empty, complete listing while it has no consumer.
+async fn deadletters_of(
+    console: &Console,
+    ns: &str,
+    name: &str,
+    seqs: Option<Vec<u64>>,
+) -> Result<deadletter::Listing, ApiError> {
+    let consumers = consumers_of(console, ns, name).await?;
+    if consumers.is_empty() {
+        return Ok(deadletter::Listing {
+            complete: true,
+            ..deadletter::Listing::default()
+        });
+    }
+    let sel = Selection {
+        consumers: Some(consumers),
+        seqs,
+        ..Selection::default()
+    };
+    deadletter::list(
+        console.broker.as_ref(),
+        &console.dlq_stream,
+        &sel,
+        Some(MAX_DEADLETTER_SCAN),
+    )
+    .await
+    .map_err(|e| ApiError::Broker(e.to_string()))
+}
+
 fn summary(d: &DeadLetter) -> Value {
     json!({
         "seq": d.seq,
@@ -675,22 +705,7 @@ async fn list_deadletters(
         .auth
         .require(user, &Access::subscriptions("get", ns, Some(name)))
         .await?;
-    let consumers = consumers_of(console, ns, name).await?;
-    if consumers.is_empty() {
-        return ok(json!({"items": [], "scanned": 0, "complete": true}));
-    }
-    let sel = Selection {
-        consumers: Some(consumers),
-        ..Selection::default()
-    };
-    let listing = deadletter::list(
-        console.broker.as_ref(),
-        &console.dlq_stream,
-        &sel,
-        Some(MAX_DEADLETTER_SCAN),
-    )
-    .await
-    .map_err(|e| ApiError::Broker(e.to_string()))?;
+    let listing = deadletters_of(console, ns, name, None).await?;
     let items: Vec<Value> = listing.found.iter().map(summary).collect();
     ok(json!({"items": items, "scanned": listing.scanned, "complete": listing.complete}))
 }
@@ -766,23 +781,7 @@ async fn replay_deadletters(
             "at most {MAX_REPLAY} dead letters per request"
         )));
     }
-    let consumers = consumers_of(console, ns, name).await?;
-    if consumers.is_empty() {
-        return ok(json!({"replayed": [], "failed": [], "more": false}));
-    }
-    let sel = Selection {
-        consumers: Some(consumers),
-        seqs,
-        ..Selection::default()
-    };
-    let listing = deadletter::list(
-        console.broker.as_ref(),
-        &console.dlq_stream,
-        &sel,
-        Some(MAX_DEADLETTER_SCAN),
-    )
-    .await
-    .map_err(|e| ApiError::Broker(e.to_string()))?;
+    let listing = deadletters_of(console, ns, name, seqs).await?;
     let mut found = listing.found;
     let more = found.len() > MAX_REPLAY || !listing.complete;
     found.truncate(MAX_REPLAY);
