@@ -119,6 +119,8 @@ pub async fn main(cli: Cli, env: &dyn Env) -> Result<(), ControlPlaneError> {
             let yaml = match which.as_str() {
                 "subscriptions" => crate::controller::subscription::crd_yaml(),
                 "kyma-subscriptions" => crate::controller::kyma::crd_yaml(),
+                "eventschedules" => crate::sources::schedule::crd_yaml(),
+                "kubernetessources" => crate::sources::kubernetes::crd_yaml(),
                 _ => crate::controller::crd::crd_yaml(),
             }
             .map_err(|e| ControlPlaneError::Runtime(format!("cannot write the CRD: {e}")))?;
@@ -180,8 +182,11 @@ pub async fn run(cfg: Config) -> Result<(), ControlPlaneError> {
         Some(c) => Some(nats_config(c)?),
         None => None,
     };
-    let kube = kube::Client::try_default()
+    // The configuration is kept: KubernetesSources make impersonating clients from it.
+    let kube_config = kube::Config::infer()
         .await
+        .map_err(|e| ControlPlaneError::Kube(e.to_string()))?;
+    let kube = kube::Client::try_from(kube_config.clone())
         .map_err(|e| ControlPlaneError::Kube(e.to_string()))?;
     let mut listening = vec![("admin", admin_addr)];
     let console_stop = Shutdown::new();
@@ -208,7 +213,14 @@ pub async fn run(cfg: Config) -> Result<(), ControlPlaneError> {
                     console_stop.clone(),
                 )));
             }
-            Some(start_controller(c, broker, kube.clone(), m, &shutdown))
+            Some(start_controller(
+                c,
+                broker,
+                kube.clone(),
+                kube_config,
+                m,
+                &shutdown,
+            ))
         }
         _ => None,
     };
@@ -365,6 +377,7 @@ fn start_controller(
     c: ControllerSettings,
     broker: Arc<dyn Broker>,
     kube: kube::Client,
+    kube_config: kube::Config,
     metrics: Arc<ControllerMetrics>,
     shutdown: &Shutdown,
 ) -> tokio::task::JoinHandle<()> {
@@ -375,6 +388,10 @@ fn start_controller(
         period: c.period,
         orphan_grace: c.orphan_grace,
         lease: LeaseConfig::new(kube.default_namespace().to_owned(), c.identity),
+        sources: crate::sources::SourcesConfig {
+            kube: Some(kube_config),
+            replicas: 1,
+        },
     };
     tracing::info!(event_stream = %cfg.event_stream, period = ?cfg.period, orphan_grace = ?cfg.orphan_grace, lease = %format!("{}/{}", cfg.lease.namespace, cfg.lease.name), "controller starting; it runs while this replica holds the lease");
     let shutdown = shutdown.clone();

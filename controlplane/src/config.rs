@@ -36,9 +36,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print a CustomResourceDefinition as YAML (`| kubectl apply -f -`): `eventstreams`
-    /// (the default), `subscriptions`, or `kyma-subscriptions` (Kyma's v1alpha2 Subscription)
+    /// (the default), `subscriptions`, `kyma-subscriptions` (Kyma's v1alpha2 Subscription),
+    /// `eventschedules` or `kubernetessources`
     Crd {
-        #[arg(default_value = "eventstreams", value_parser = ["eventstreams", "subscriptions", "kyma-subscriptions"])]
+        #[arg(default_value = "eventstreams", value_parser = ["eventstreams", "subscriptions", "kyma-subscriptions", "eventschedules", "kubernetessources"])]
         which: String,
     },
 }

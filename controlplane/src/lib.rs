@@ -15,6 +15,8 @@
 //!   orphan consumers, Events; herald's `Subscription` ([`controller::subscription`]) and Kyma's
 //!   ([`controller::kyma`]), routed ([`controller::routing`], pure) and applied
 //!   ([`controller::resources`]).
+//! - [`sources`]: internal events, published by the leader: `EventSchedule` (cron) and
+//!   `KubernetesSource` (changes of Kubernetes objects, read as a ServiceAccount).
 //! - [`console`]: the web console and its JSON API (`--console-listen`): sign-in with Kubernetes
 //!   tokens, every action authorised with SubjectAccessReview, triggers (Subscriptions), dead
 //!   letters and their replay, streams.
@@ -30,4 +32,5 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod limits;
+pub mod sources;
 pub mod webhook;

@@ -58,3 +58,20 @@ pub mod console {
     /// A sample event's data shown by the console is cut here.
     pub const MAX_SHOWN_DATA_BYTES: usize = 64 << 10;
 }
+
+/// The limits of EventSchedules and KubernetesSources (docs/SOURCES.md). Their specs are written
+/// by anyone who may create them in a namespace.
+pub mod sources {
+    /// The data of a schedule's event (the resource itself is limited by the apiserver to about
+    /// 1.5 MB).
+    pub const MAX_SCHEDULE_DATA_BYTES: usize = 64 << 10;
+    /// Extension attributes of a schedule or a source.
+    pub const MAX_EXTENSIONS: usize = 32;
+    /// Resources one KubernetesSource watches (the schema says it too).
+    pub const MAX_RESOURCES: usize = 16;
+    /// Objects one resource of a KubernetesSource may match; beyond it the source is
+    /// `Ready=False` (`TooManyObjects`): its checkpoint holds every object's uid, name and version.
+    pub const MAX_OBJECTS: usize = 10_000;
+    /// The checkpoint of one source, under the NATS default payload limit of 1 MiB.
+    pub const MAX_CHECKPOINT_BYTES: usize = 900 << 10;
+}

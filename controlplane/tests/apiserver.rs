@@ -38,6 +38,7 @@ fn config(identity: &str, period: Duration) -> ControllerConfig {
             grace: Duration::from_secs(1),
             ..LeaseConfig::new("herald-system".into(), identity.into())
         },
+        sources: Default::default(),
     }
 }
 

@@ -151,6 +151,16 @@ fn lint_passes_and_the_crd_copy_is_what_the_binary_prints() {
             "subscriptions",
             herald_controlplane::controller::subscription::crd_yaml().unwrap(),
         ),
+        (
+            "eventschedules.herald.dev.yaml",
+            "eventschedules",
+            herald_controlplane::sources::schedule::crd_yaml().unwrap(),
+        ),
+        (
+            "kubernetessources.herald.dev.yaml",
+            "kubernetessources",
+            herald_controlplane::sources::kubernetes::crd_yaml().unwrap(),
+        ),
     ] {
         let copy = std::fs::read_to_string(chart().join("crds").join(file)).unwrap();
         assert_eq!(
@@ -420,6 +430,10 @@ fn default_install_lines_up_with_the_binary() {
         ("herald.dev", "eventstreams/status", "patch"),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
+        ("herald.dev", "eventschedules", "watch"),
+        ("herald.dev", "eventschedules/status", "patch"),
+        ("herald.dev", "kubernetessources", "watch"),
+        ("herald.dev", "kubernetessources/status", "patch"),
     ] {
         assert!(
             grants(&cluster_rules, group, resource, verb),
@@ -441,6 +455,40 @@ fn default_install_lines_up_with_the_binary() {
         !grants(&cluster_rules, "", "secrets", "get"),
         "the control plane never reads Secrets"
     );
+    // No impersonation anywhere by default; with sources.kubernetes.namespaces, of
+    // ServiceAccounts in exactly those namespaces.
+    assert!(
+        !grants(&cluster_rules, "", "serviceaccounts", "impersonate")
+            && !o.keys().any(|k| k.ends_with("-sources")),
+        "impersonation granted without sources.kubernetes.namespaces"
+    );
+    // Rendered by hand: the Role has the same name in each namespace.
+    let (ok, out, err) = template(&["--set", "sources.kubernetes.namespaces={shop,pricing}"]);
+    assert!(ok, "{err}");
+    let docs: Vec<Value> = out
+        .split("\n---")
+        .filter_map(|d| yaml_serde::from_str::<Value>(d).ok())
+        .filter(|v| !v.is_null())
+        .collect();
+    for ns in ["shop", "pricing"] {
+        let found: Vec<&Value> = docs
+            .iter()
+            .filter(|v| v["kind"] == "Role" && v["metadata"]["namespace"] == ns)
+            .collect();
+        assert_eq!(found.len(), 1, "one Role in {ns}");
+        assert!(
+            docs.iter()
+                .any(|v| v["kind"] == "RoleBinding" && v["metadata"]["namespace"] == ns)
+        );
+        let role: Role = serde_json::from_value(found[0].clone()).unwrap();
+        let rules = role.rules.unwrap();
+        assert!(grants(&rules, "", "serviceaccounts", "impersonate"));
+        assert_eq!(
+            rules.len(),
+            1,
+            "impersonation of ServiceAccounts only: {rules:?}"
+        );
+    }
 }
 
 fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {

@@ -32,6 +32,7 @@ fn config(grace: Duration, identity: &str) -> ControllerConfig {
             grace: Duration::from_secs(1),
             ..LeaseConfig::new("herald-system".into(), identity.into())
         },
+        sources: Default::default(),
     }
 }
 

@@ -14,6 +14,9 @@
 //!    entries written to its key of the bucket and the sink subscriptions to the dispatcher's,
 //!    statuses patched; a deleted resource's consumers deleted at once.
 //!
+//! Beside the passes, from the end of a term's first pass to the end of the term, the leader
+//! runs the internal sources ([`crate::sources`]: EventSchedules and KubernetesSources).
+//!
 //! The broker is reached through its seam ([`herald_core::broker`]); Kubernetes Events are
 //! published with kube-rs's [`Recorder`] (events.k8s.io, repeats folded into a series).
 //!
@@ -88,6 +91,8 @@ pub struct ControllerConfig {
     /// How long a consumer stays an orphan before it is deleted.
     pub orphan_grace: Duration,
     pub lease: LeaseConfig,
+    /// EventSchedules and KubernetesSources, run by the leader ([`crate::sources`]).
+    pub sources: crate::sources::SourcesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -699,6 +704,9 @@ pub async fn lead(
         // After a failed pass the next one comes sooner than the period (NATS restarting, the
         // apiserver briefly refusing): RETRY_FIRST, doubling up to the period.
         let mut retry = RETRY_FIRST;
+        // The internal sources start after the first pass (the streams exist, the replicas are
+        // known) and end with the term: dropping the handle's task aborts every source task.
+        let mut sources: Option<AbortOnDrop> = None;
         loop {
             // The term ended (or the process is stopping) before the stores were listed.
             if !listed {
@@ -712,6 +720,19 @@ pub async fn lead(
             };
             let Some(report) = pass else { break };
             let last_pass = Instant::now();
+            if sources.is_none() {
+                let cfg = crate::sources::SourcesConfig {
+                    replicas: controller.replicas,
+                    ..controller.cfg.sources.clone()
+                };
+                sources = Some(AbortOnDrop(tokio::spawn(crate::sources::run(
+                    controller.kube.clone(),
+                    controller.broker.clone(),
+                    cfg,
+                    metrics.clone(),
+                    lease.identity.clone(),
+                ))));
+            }
             tracing::debug!(?report, "controller pass");
             let next = if report.errors.is_empty() {
                 retry = RETRY_FIRST;
@@ -737,6 +758,7 @@ pub async fn lead(
                 }
             }
         }
+        drop(sources);
         controller.watched = None;
         drop(watched);
         metrics.leader.set(0);
@@ -758,6 +780,15 @@ pub async fn lead(
         _ => tracing::warn!("the controller lease was not released in time; it expires by itself"),
     }
     Ok(())
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Controller {

@@ -163,6 +163,7 @@ impl ConsoleKit {
             period: Duration::from_secs(3600),
             orphan_grace: Duration::from_secs(3600),
             lease: LeaseConfig::new("herald-system".into(), "herald-0".into()),
+            sources: Default::default(),
         };
         let leader = tokio::spawn(controller::lead(
             admin.clone(),
