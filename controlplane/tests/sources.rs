@@ -345,7 +345,6 @@ async fn missed_ticks_follow_the_starting_deadline_and_bad_specs_are_reported() 
     let src = |n: &str| format!("/apis/herald.dev/v1alpha1/namespaces/shop/eventschedules/{n}");
     eventually(Duration::from_secs(30), "the missed ticks handled", || {
         let c = &c;
-        let src = src;
         async move {
             !events_of(c, &src("burst")).await.is_empty()
                 && !events_of(c, &src("within")).await.is_empty()
