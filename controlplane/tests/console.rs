@@ -11,7 +11,7 @@ mod console_kit;
 
 use std::time::Duration;
 
-use console_kit::{ConsoleKit, create};
+use console_kit::{ConsoleKit, create, token};
 use herald_controlplane::controller::subscription::Subscription as HeraldSubscription;
 use herald_tests::eventually;
 use kube::api::{Api, PostParams};
@@ -549,6 +549,65 @@ async fn the_console_api_acts_only_with_the_callers_rights() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+
+    // Internal publishers: alice may list EventSchedules in shop only, bob nothing of them.
+    for (ns, name) in [("shop", "nightly"), ("other", "hourly")] {
+        create::<herald_controlplane::sources::schedule::EventSchedule>(
+            Api::namespaced(admin.clone(), ns),
+            json!({"apiVersion": "herald.dev/v1alpha1", "kind": "EventSchedule",
+                   "metadata": {"name": name},
+                   "spec": {"schedule": "0 2 * * *", "timeZone": "Europe/Berlin", "type": "report.due.v1"}}),
+        )
+        .await;
+    }
+    create::<herald_controlplane::sources::kubernetes::KubernetesSource>(
+        Api::namespaced(admin.clone(), "shop"),
+        json!({"apiVersion": "herald.dev/v1alpha1", "kind": "KubernetesSource",
+               "metadata": {"name": "pricing"},
+               "spec": {"serviceAccountName": "default",
+                        "resources": [{"apiVersion": "v1", "kind": "ConfigMap"}]}}),
+    )
+    .await;
+    let (s, v) = c.call(M::GET, "/api/v1/sources", Some(&alice), None).await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["kind"], "EventSchedule");
+    assert_eq!(items[0]["name"], "nightly");
+    assert_eq!(items[0]["types"], json!(["report.due.v1"]));
+    assert_eq!(
+        items[0]["source"],
+        "/apis/herald.dev/v1alpha1/namespaces/shop/eventschedules/nightly"
+    );
+    let (s, v) = c.call(M::GET, "/api/v1/sources", Some(&bob), None).await;
+    assert_eq!((s.as_u16(), v["items"].clone()), (200, json!([])));
+    // The admin (cluster-wide) sees all three, the KubernetesSource with Knative's types.
+    let admin_token = token(&admin, "herald-system", "console-admin").await;
+    create::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(
+        Api::all(admin.clone()),
+        json!({"metadata": {"name": "console-admin"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": "console-admin", "namespace": "herald-system"}]}),
+    )
+    .await;
+    let (s, v) = c
+        .call(M::GET, "/api/v1/sources", Some(&admin_token), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{v}");
+    let ks = items
+        .iter()
+        .find(|i| i["kind"] == "KubernetesSource")
+        .unwrap();
+    assert_eq!(
+        ks["types"],
+        json!([
+            "dev.knative.apiserver.ref.add",
+            "dev.knative.apiserver.ref.update",
+            "dev.knative.apiserver.ref.delete"
+        ])
+    );
 
     kit.stop().await;
 }

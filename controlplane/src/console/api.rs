@@ -350,6 +350,7 @@ async fn route(console: &Console, req: Request<Incoming>, rest: &str) -> Result<
             ok(check_cesql(expr))
         }
         (Method::GET, ["namespaces"]) => namespaces(console, &who.user).await,
+        (Method::GET, ["sources"]) => sources(console, &who.user).await,
         (Method::GET, ["defaults"]) => defaults(console).await,
         (Method::GET, ["eventstreams"]) => eventstreams(console, &who.user).await,
         (Method::GET, ["catalog"]) => {
@@ -511,6 +512,128 @@ async fn namespaces(console: &Console, user: &User) -> Result<Reply, ApiError> {
         visible
     };
     ok(json!({"namespaces": visible}))
+}
+
+/// The internal publishers, EventSchedules and KubernetesSources (docs/SOURCES.md), that the
+/// user may list: cluster wide, or in their namespace.
+async fn sources(console: &Console, user: &User) -> Result<Reply, ApiError> {
+    use crate::sources::kubernetes::KubernetesSource;
+    use crate::sources::schedule::EventSchedule;
+    let mut visible = Visible::default();
+    let mut items = Vec::new();
+    let schedules = match Api::<EventSchedule>::all(console.kube.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => l.items,
+        // The CRD is not installed: there are none.
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for s in schedules {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        if !visible.may(console, user, "eventschedules", &ns).await? {
+            continue;
+        }
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let status = s.status.clone().unwrap_or_default();
+        let source = s.spec.source.clone().unwrap_or_else(|| {
+            format!("/apis/herald.dev/v1alpha1/namespaces/{ns}/eventschedules/{name}")
+        });
+        items.push(json!({
+            "kind": "EventSchedule", "namespace": ns, "name": name,
+            "source": source, "types": [s.spec.type_],
+            "schedule": s.spec.schedule, "timeZone": s.spec.time_zone,
+            "suspend": s.spec.suspend.unwrap_or(false),
+            "ready": ready_of(&status.conditions),
+            "lastScheduleTime": status.last_schedule_time,
+            "nextScheduleTime": status.next_schedule_time,
+            "lastEventId": status.last_event_id,
+        }));
+    }
+    let kubernetes = match Api::<KubernetesSource>::all(console.kube.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for s in kubernetes {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        if !visible.may(console, user, "kubernetessources", &ns).await? {
+            continue;
+        }
+        let mode = match s.spec.mode.as_deref() {
+            Some("Resource" | "resource") => "resource",
+            _ => "ref",
+        };
+        let types =
+            ["add", "update", "delete"].map(|op| format!("dev.knative.apiserver.{mode}.{op}"));
+        let status = s.status.clone().unwrap_or_default();
+        let watched: Vec<String> = s
+            .spec
+            .resources
+            .iter()
+            .map(|r| format!("{} {}", r.api_version, r.kind))
+            .collect();
+        items.push(json!({
+            "kind": "KubernetesSource", "namespace": ns,
+            "name": s.metadata.name.clone().unwrap_or_default(),
+            // Knative's: the apiserver's URL as the control plane reaches it.
+            "source": null,
+            "types": types,
+            "serviceAccountName": s.spec.service_account_name,
+            "resources": watched,
+            "ready": ready_of(&status.conditions),
+        }));
+    }
+    ok(json!({ "items": items }))
+}
+
+fn ready_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Value {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| json!({"status": c.status, "reason": c.reason, "message": c.message}))
+        .unwrap_or(Value::Null)
+}
+
+/// What one listing of sources may show the user, decided once per kind and namespace.
+#[derive(Default)]
+struct Visible(std::collections::HashMap<(&'static str, String), bool>);
+
+impl Visible {
+    async fn may(
+        &mut self,
+        console: &Console,
+        user: &User,
+        resource: &'static str,
+        ns: &str,
+    ) -> Result<bool, ApiError> {
+        let access = |namespace: Option<String>| Access {
+            verb: "list",
+            group: "herald.dev",
+            resource,
+            namespace,
+            name: None,
+        };
+        for key in [String::new(), ns.to_owned()] {
+            if let Some(known) = self.0.get(&(resource, key.clone())) {
+                if *known || !key.is_empty() {
+                    return Ok(*known);
+                }
+                continue;
+            }
+            let namespace = (!key.is_empty()).then(|| key.clone());
+            let allowed = console.auth.allowed(user, &access(namespace)).await?;
+            self.0.insert((resource, key.clone()), allowed);
+            if allowed || !key.is_empty() {
+                return Ok(allowed);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// A resource as the API shows it: without `managedFields`.

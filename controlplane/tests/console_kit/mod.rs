@@ -86,7 +86,12 @@ impl ConsoleKit {
         let api = Apiserver::start(test)?;
         let admin = api.client().await;
         let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-        for crd in [EventStream::crd(), HeraldSubscription::crd()] {
+        for crd in [
+            EventStream::crd(),
+            HeraldSubscription::crd(),
+            herald_controlplane::sources::schedule::EventSchedule::crd(),
+            herald_controlplane::sources::kubernetes::KubernetesSource::crd(),
+        ] {
             crds.create(&PostParams::default(), &crd)
                 .await
                 .expect("create a CRD");
@@ -122,7 +127,8 @@ impl ConsoleKit {
             "metadata": {"name": "triggers"},
             "rules": [
                 {"apiGroups": ["herald.dev"], "resources": ["subscriptions"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
-                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["list"]}
+                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["list"]},
+                {"apiGroups": ["herald.dev"], "resources": ["eventschedules"], "verbs": ["list"]}
             ]
         })).await;
         create::<RoleBinding>(Api::namespaced(admin.clone(), "shop"), json!({

@@ -190,6 +190,26 @@ async function refreshCatalog() {
     row([i.source, i.type, rate(i.rate), i.count, when(i.lastSeen),
       i.sample ? button("Sample", () => showSample(i)) : el("span", "no sample", "muted")])));
   $("catalog-empty").hidden = items.length > 0;
+  await refreshSources();
+}
+
+// The internal publishers: EventSchedules and KubernetesSources.
+async function refreshSources() {
+  const res = await api("GET", "/sources");
+  if (res.status !== 200) { denied(res, "sources-table"); return; }
+  if (!res.changed) return;
+  const items = res.body.items || [];
+  $("sources-table").querySelector("tbody").replaceChildren(...items.map((s) => {
+    const what = s.kind === "EventSchedule"
+      ? s.schedule + (s.timeZone ? " (" + s.timeZone + ")" : "") + (s.suspend ? ", suspended" : "")
+      : (s.resources || []).join(", ") + " as " + s.serviceAccountName;
+    const r = s.ready;
+    const ready = r ? el("span", r.status === "True" ? "Ready" : r.reason, r.status === "True" ? "ok" : "bad") : el("span", "pending", "muted");
+    if (r) ready.title = r.message || "";
+    return row([s.kind, s.namespace, s.name, (s.types || []).join(", "), what, ready,
+      when(s.lastScheduleTime), when(s.nextScheduleTime)]);
+  }));
+  $("sources-empty").hidden = items.length > 0;
 }
 
 function showSample(i) {
