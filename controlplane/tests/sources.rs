@@ -612,6 +612,26 @@ async fn a_configmap_source_sends_changes_in_order_and_a_forbidden_one_says_why(
     for word in ["system:serviceaccount:shop:reader", "list", "secrets"] {
         assert!(message.contains(word), "{word:?} not in {message}");
     }
+    // A deleted source's checkpoint goes with it.
+    use herald_core::broker::ConfigStore as _;
+    let broker = c.nats.broker().await;
+    let key = format!("ks.{uid}");
+    assert!(broker.get(herald_controlplane::sources::BUCKET, &key).await.unwrap().is_some());
+    Api::<KubernetesSource>::namespaced(c.client.clone(), "shop")
+        .delete("pricing", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the checkpoint deleted", || {
+        let (broker, key) = (&broker, &key);
+        async move {
+            broker
+                .get(herald_controlplane::sources::BUCKET, key)
+                .await
+                .unwrap()
+                .is_none()
+        }
+    })
+    .await;
     r.stop.trigger();
     r.task.await.unwrap().unwrap();
 }

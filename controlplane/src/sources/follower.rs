@@ -87,6 +87,30 @@ pub fn forget(ctx: Ctx, uid: String) -> futures::future::BoxFuture<'static, ()> 
     })
 }
 
+/// Deletes the checkpoints of sources that are gone (deleted while no leader ran): `live` are the
+/// uids a full list found.
+pub fn sweep(
+    ctx: Ctx,
+    live: std::collections::HashSet<String>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let keys = match ctx.broker.keys(BUCKET, "ks").await {
+            Ok(k) => k,
+            // No bucket yet: nothing kept.
+            Err(_) => return,
+        };
+        for key in keys {
+            let Some(uid) = key.strip_prefix("ks.") else {
+                continue;
+            };
+            if !live.contains(uid) {
+                tracing::info!(%key, "deleting the checkpoint of a KubernetesSource that no longer exists");
+                forget(ctx.clone(), uid.to_owned()).await;
+            }
+        }
+    })
+}
+
 /// One watched resource, resolved.
 struct Watched {
     index: usize,

@@ -181,13 +181,16 @@ pub async fn run(
     let sources = installed::<KubernetesSource>(&kube).await;
     let a = async {
         if schedules {
-            supervise::<EventSchedule, _, _>(ctx.clone(), scheduler::run, None).await
+            supervise::<EventSchedule, _, _>(ctx.clone(), scheduler::run, Hooks::default()).await
         }
     };
     let b = async {
         if sources {
-            supervise::<KubernetesSource, _, _>(ctx.clone(), follower::run, Some(follower::forget))
-                .await
+            let hooks = Hooks {
+                deleted: Some(follower::forget),
+                listed: Some(follower::sweep),
+            };
+            supervise::<KubernetesSource, _, _>(ctx.clone(), follower::run, hooks).await
         }
     };
     futures::join!(a, b);
@@ -211,13 +214,21 @@ where
     }
 }
 
+type Hook<T> = fn(Ctx, T) -> futures::future::BoxFuture<'static, ()>;
+
+/// What happens beside a resource's task.
+#[derive(Default)]
+struct Hooks {
+    /// A resource was deleted (its uid).
+    deleted: Option<Hook<String>>,
+    /// A (re)list found these uids: whatever is kept for others can go.
+    listed: Option<Hook<std::collections::HashSet<String>>>,
+}
+
 /// One task per resource of kind `K`, by uid: started when it appears, restarted when its
 /// generation changes (a status write does not change it), stopped when it is deleted.
-async fn supervise<K, F, Fut>(
-    ctx: Ctx,
-    task: F,
-    deleted: Option<fn(Ctx, String) -> futures::future::BoxFuture<'static, ()>>,
-) where
+async fn supervise<K, F, Fut>(ctx: Ctx, task: F, hooks: Hooks)
+where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
@@ -277,14 +288,17 @@ async fn supervise<K, F, Fut>(
                         .cloned()
                         .collect();
                     for uid in gone {
-                        stop(&mut running, &uid, &ctx, deleted);
+                        stop(&mut running, &uid, &ctx, hooks.deleted);
+                    }
+                    if let Some(f) = hooks.listed {
+                        tokio::spawn(f(ctx.clone(), l));
                     }
                 }
             }
             Ok(watcher::Event::Apply(obj)) => {
                 if obj.meta().deletion_timestamp.is_some() {
                     if let Some(uid) = obj.meta().uid.clone() {
-                        stop(&mut running, &uid, &ctx, deleted);
+                        stop(&mut running, &uid, &ctx, hooks.deleted);
                     }
                 } else {
                     apply(obj, &mut running);
@@ -292,7 +306,7 @@ async fn supervise<K, F, Fut>(
             }
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.clone() {
-                    stop(&mut running, &uid, &ctx, deleted);
+                    stop(&mut running, &uid, &ctx, hooks.deleted);
                 }
             }
             Err(e) => {
@@ -306,7 +320,7 @@ fn stop(
     running: &mut HashMap<String, (Option<i64>, AbortHandle)>,
     uid: &str,
     ctx: &Ctx,
-    deleted: Option<fn(Ctx, String) -> futures::future::BoxFuture<'static, ()>>,
+    deleted: Option<Hook<String>>,
 ) {
     if let Some((_, handle)) = running.remove(uid) {
         handle.abort();
