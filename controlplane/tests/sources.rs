@@ -616,7 +616,13 @@ async fn a_configmap_source_sends_changes_in_order_and_a_forbidden_one_says_why(
     use herald_core::broker::ConfigStore as _;
     let broker = c.nats.broker().await;
     let key = format!("ks.{uid}");
-    assert!(broker.get(herald_controlplane::sources::BUCKET, &key).await.unwrap().is_some());
+    assert!(
+        broker
+            .get(herald_controlplane::sources::BUCKET, &key)
+            .await
+            .unwrap()
+            .is_some()
+    );
     Api::<KubernetesSource>::namespaced(c.client.clone(), "shop")
         .delete("pricing", &DeleteParams::default())
         .await

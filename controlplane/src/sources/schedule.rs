@@ -521,3 +521,112 @@ mod tests {
         assert_eq!(&e.data[..], b"ping");
     }
 }
+
+#[cfg(test)]
+mod dst {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    /// What docs/SOURCES.md promises for the hours a daylight-saving change skips or repeats.
+    #[test]
+    fn daylight_saving_changes() {
+        let mut s = EventScheduleSpec {
+            schedule: "30 2 * * *".into(),
+            type_: "t".into(),
+            ..Default::default()
+        };
+        s.time_zone = Some("Europe/Berlin".into());
+        let p = Plan::new(&s, "ns", "n").unwrap();
+        let gap = p
+            .next(Utc.with_ymd_and_hms(2026, 3, 28, 12, 0, 0).unwrap())
+            .unwrap();
+        let overlap1 = p
+            .next(Utc.with_ymd_and_hms(2026, 10, 24, 12, 0, 0).unwrap())
+            .unwrap();
+        let overlap2 = p.next(overlap1).unwrap();
+        // 02:30 does not exist on 29 March in Berlin: the tick comes at 03:00 local (01:00 UTC).
+        assert_eq!(gap, Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap());
+        // 02:30 happens twice on 25 October: once (the first), then the next day.
+        assert_eq!(
+            overlap1,
+            Utc.with_ymd_and_hms(2026, 10, 25, 0, 30, 0).unwrap()
+        );
+        assert_eq!(
+            overlap2,
+            Utc.with_ymd_and_hms(2026, 10, 26, 1, 30, 0).unwrap()
+        );
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    /// Whatever a user writes in `schedule` and `timeZone`: an error or a plan, never a panic,
+    /// and every plan answers `due` and `next` quickly.
+    #[test]
+    fn any_schedule_is_an_error_or_a_plan() {
+        let tokens = [
+            "*",
+            "0",
+            "59",
+            "60",
+            "*/0",
+            "*/1",
+            "0-59/0",
+            "5-1",
+            "L",
+            "W",
+            "1W",
+            "5#6",
+            "MON",
+            "jan",
+            "1,2,,3",
+            "-",
+            "?",
+            "¼",
+            "99999999999999999999",
+            "",
+            "*/61",
+            "LW",
+            "7",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut pick = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            tokens[(seed % tokens.len() as u64) as usize]
+        };
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
+        for _ in 0..3000 {
+            let schedule = (0..5).map(|_| pick()).collect::<Vec<_>>().join(" ");
+            let spec = EventScheduleSpec {
+                schedule: schedule.clone(),
+                type_: "t".into(),
+                ..Default::default()
+            };
+            if let Ok(p) = Plan::new(&spec, "ns", "n") {
+                let _ = p.next(at);
+                let _ = p.due(at - chrono::Duration::days(400), at);
+            }
+        }
+        for z in [
+            "",
+            "UTC+1",
+            "../../etc/passwd",
+            "Europe/",
+            "europe/berlin",
+            "Etc/GMT+14",
+        ] {
+            let spec = EventScheduleSpec {
+                schedule: "@hourly".into(),
+                time_zone: Some(z.into()),
+                type_: "t".into(),
+                ..Default::default()
+            };
+            let _ = Plan::new(&spec, "ns", "n");
+        }
+    }
+}
