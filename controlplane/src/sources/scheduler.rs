@@ -57,7 +57,8 @@ pub async fn run(ctx: Ctx, es: EventSchedule) {
                 ..status.clone()
             };
             write(&api, &name, &mut status, next).await;
-            return;
+            // A change of spec restarts this task.
+            return futures::future::pending().await;
         }
     };
     // Where the ticks start: after the last one sent, else after the resource was made.
@@ -103,7 +104,7 @@ pub async fn run(ctx: Ctx, es: EventSchedule) {
                     // Checked by Plan::new with the same attributes; only the id and time differ.
                     Err(e) => {
                         tracing::error!(%namespace, %name, error = %e, "the tick's event cannot be built");
-                        return;
+                        return futures::future::pending().await;
                     }
                 };
                 match publish(ctx.broker.as_ref(), &ev).await {
