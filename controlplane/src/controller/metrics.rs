@@ -21,36 +21,6 @@ pub struct PassLabels {
 
 herald_runtime::snake_case_labels!(PassResult);
 
-/// Which kind of internal source published (docs/SOURCES.md).
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum SourceKind {
-    EventSchedule,
-    KubernetesSource,
-}
-
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum SourceResult {
-    /// Stored by the stream.
-    Published,
-    /// Not stored (retried).
-    Failed,
-    /// A schedule's tick found later than its starting deadline.
-    Missed,
-}
-
-herald_runtime::snake_case_labels!(SourceKind, SourceResult);
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabels {
-    pub kind: SourceKind,
-    pub result: SourceResult,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceKindLabels {
-    pub kind: SourceKind,
-}
-
 /// The labels of a metric that is a family only so that its one sample can be absent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NoLabels {}
@@ -81,11 +51,8 @@ pub struct ControllerMetrics {
     /// Storage use of the events stream as a share of its max bytes; no sample when the stream
     /// has no limit (or its use is not known).
     pub storage_used_ratio: Family<NoLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    /// Events of EventSchedules and KubernetesSources, by result.
-    pub source_events: Family<SourceLabels, Counter>,
-    /// From a tick's scheduled time, or from the moment a change was read from the apiserver,
-    /// to the event stored.
-    pub source_delay_seconds: Family<SourceKindLabels, Histogram, fn() -> Histogram>,
+    /// The internal sources' (`herald_controller_source_*`).
+    pub sources: std::sync::Arc<crate::sources::metrics::SourceMetrics>,
 }
 
 impl ControllerMetrics {
@@ -99,9 +66,7 @@ impl ControllerMetrics {
             orphan_consumers: Gauge::default(),
             orphans_deleted: Counter::default(),
             storage_used_ratio: Family::default(),
-            source_events: Family::default(),
-            // 1 ms to about 65 s.
-            source_delay_seconds: Family::new_with_constructor(delay_histogram),
+            sources: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("herald_controller");
         r.register(
@@ -139,32 +104,7 @@ impl ControllerMetrics {
             "Storage use of the events stream as a share of its max bytes (absent when it has no limit)",
             m.storage_used_ratio.clone(),
         );
-        r.register(
-            "source_events",
-            "Events of EventSchedules and KubernetesSources, by kind and result",
-            m.source_events.clone(),
-        );
-        r.register(
-            "source_delay_seconds",
-            "From a tick's scheduled time, or a change read from the apiserver, to its event stored",
-            m.source_delay_seconds.clone(),
-        );
+        m.sources.register(r);
         m
     }
-
-    pub fn source_delay(&self, kind: SourceKind, seconds: f64) {
-        self.source_delay_seconds
-            .get_or_create(&SourceKindLabels { kind })
-            .observe(seconds);
-    }
-
-    pub fn source_event(&self, kind: SourceKind, result: SourceResult) {
-        self.source_events
-            .get_or_create(&SourceLabels { kind, result })
-            .inc();
-    }
-}
-
-fn delay_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }

@@ -729,8 +729,11 @@ pub async fn lead(
                     controller.kube.clone(),
                     controller.broker.clone(),
                     cfg,
-                    metrics.clone(),
-                    lease.identity.clone(),
+                    metrics.sources.clone(),
+                    Reporter {
+                        controller: format!("herald.dev/{COMPONENT}"),
+                        instance: Some(lease.identity.clone()),
+                    },
                 ))));
             }
             tracing::debug!(?report, "controller pass");

@@ -29,8 +29,8 @@ use tokio::sync::{Notify, mpsc};
 use super::kubernetes::{
     Change, Checked, Ident, Known, KubernetesSource, KubernetesSourceStatus, Listed, Mode, Op,
 };
+use super::metrics::{SourceKind, SourceResult};
 use super::{BUCKET, Ctx, patch_status, publish, ready};
-use crate::controller::metrics::{SourceKind, SourceResult};
 use crate::limits::sources::{MAX_CHECKPOINT_BYTES, MAX_OBJECTS};
 
 /// Objects per page of a list.
@@ -596,15 +596,15 @@ async fn send(
                 // The attributes come from the apiserver (names are DNS names) and a checked
                 // spec; an object that still breaks a rule is skipped, loudly.
                 tracing::error!(kind = %change.kind, name = %change.ident.name, error = %e, "the change cannot be made an event; skipped");
-                metrics.source_event(SourceKind::KubernetesSource, SourceResult::Failed);
+                metrics.event(SourceKind::KubernetesSource, SourceResult::Failed);
                 break;
             }
         };
         match publish(shared.ctx.broker.as_ref(), &ev).await {
             Ok(()) => {
                 tracing::debug!(kind = %change.kind, name = %change.ident.name, op = change.op.as_str(), id = %ev.id, "change published");
-                metrics.source_event(SourceKind::KubernetesSource, SourceResult::Published);
-                metrics.source_delay(
+                metrics.event(SourceKind::KubernetesSource, SourceResult::Published);
+                metrics.delay(
                     SourceKind::KubernetesSource,
                     received.elapsed().as_secs_f64(),
                 );
@@ -616,7 +616,7 @@ async fn send(
                 mode = Mode::Reference;
             }
             Err(e) => {
-                metrics.source_event(SourceKind::KubernetesSource, SourceResult::Failed);
+                metrics.event(SourceKind::KubernetesSource, SourceResult::Failed);
                 let _ = shared.health.send((
                     w.index,
                     Health::Failing(format!("an event was not stored ({e}); retrying")),

@@ -7,6 +7,7 @@
 //! - [`kubernetes`]: the `KubernetesSource` resource and its pure decisions (what was sent, what a
 //!   watch event or a relist means, Knative's event); [`follower`] runs one source with an
 //!   impersonating client and its checkpoint in the `HERALD_SOURCES` bucket.
+//! - [`metrics`]: what they measure (registered with the controller's metrics).
 //!
 //! They run on the controller's leader only ([`run`], started and stopped with its term): a
 //! supervisor watches both kinds and keeps one task per resource, restarted when its spec
@@ -17,6 +18,7 @@
 
 pub mod follower;
 pub mod kubernetes;
+pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
 
@@ -37,8 +39,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::controller::metrics::ControllerMetrics;
 use kubernetes::KubernetesSource;
+use metrics::SourceMetrics;
 use schedule::EventSchedule;
 
 /// The bucket holding each KubernetesSource's checkpoint (key `ks.<uid>`).
@@ -83,7 +85,7 @@ pub struct Ctx {
     pub kube: kube::Client,
     pub broker: Arc<dyn Broker>,
     pub cfg: SourcesConfig,
-    pub metrics: Arc<ControllerMetrics>,
+    pub metrics: Arc<SourceMetrics>,
     pub recorder: Recorder,
 }
 
@@ -160,16 +162,10 @@ pub async fn run(
     kube: kube::Client,
     broker: Arc<dyn Broker>,
     cfg: SourcesConfig,
-    metrics: Arc<ControllerMetrics>,
-    identity: String,
+    metrics: Arc<SourceMetrics>,
+    reporter: Reporter,
 ) {
-    let recorder = Recorder::new(
-        kube.clone(),
-        Reporter {
-            controller: format!("herald.dev/{}", crate::controller::COMPONENT),
-            instance: Some(identity),
-        },
-    );
+    let recorder = Recorder::new(kube.clone(), reporter);
     let ctx = Ctx {
         kube: kube.clone(),
         broker,

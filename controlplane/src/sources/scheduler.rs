@@ -16,9 +16,9 @@ use kube::api::Api;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource as _, ResourceExt as _};
 
+use super::metrics::{SourceKind, SourceResult};
 use super::schedule::{Due, EventSchedule, EventScheduleStatus, Plan, rfc3339};
 use super::{Ctx, patch_status, publish, ready};
-use crate::controller::metrics::{SourceKind, SourceResult};
 
 const NULLABLE: [&str; 4] = [
     "lastScheduleTime",
@@ -112,9 +112,9 @@ pub async fn run(ctx: Ctx, es: EventSchedule) {
                         retry = RETRY_FIRST;
                         let delay = (Utc::now() - tick).to_std().unwrap_or_default();
                         ctx.metrics
-                            .source_delay(SourceKind::EventSchedule, delay.as_secs_f64());
+                            .delay(SourceKind::EventSchedule, delay.as_secs_f64());
                         ctx.metrics
-                            .source_event(SourceKind::EventSchedule, SourceResult::Published);
+                            .event(SourceKind::EventSchedule, SourceResult::Published);
                         tracing::info!(%namespace, %name, tick = %rfc3339(tick), id = %ev.id, delay_ms = delay.as_millis() as u64, "scheduled event published");
                         since = tick;
                         let next = EventScheduleStatus {
@@ -135,7 +135,7 @@ pub async fn run(ctx: Ctx, es: EventSchedule) {
                     }
                     Err(e) => {
                         ctx.metrics
-                            .source_event(SourceKind::EventSchedule, SourceResult::Failed);
+                            .event(SourceKind::EventSchedule, SourceResult::Failed);
                         let message = format!(
                             "the event of the tick {} was not stored ({e}); retrying in {}s",
                             rfc3339(tick),
@@ -162,7 +162,7 @@ pub async fn run(ctx: Ctx, es: EventSchedule) {
             }
             Some(Due::TooLate(tick)) => {
                 ctx.metrics
-                    .source_event(SourceKind::EventSchedule, SourceResult::Missed);
+                    .event(SourceKind::EventSchedule, SourceResult::Missed);
                 let note = format!(
                     "the tick {} was found {}s late, past startingDeadlineSeconds: skipped",
                     rfc3339(tick),
