@@ -419,7 +419,10 @@ mod tests {
         let late = at(10, 17, 0) + chrono::Duration::milliseconds(930);
         assert_eq!(p.next(late), Some(at(10, 20, 0)));
         assert_eq!(
-            p.due(at(10, 0, 0), at(10, 20, 0) + chrono::Duration::milliseconds(1)),
+            p.due(
+                at(10, 0, 0),
+                at(10, 20, 0) + chrono::Duration::milliseconds(1)
+            ),
             Some(Due::Fire(at(10, 20, 0)))
         );
         assert_eq!(p.next(at(10, 20, 0)), Some(at(10, 25, 0)));
