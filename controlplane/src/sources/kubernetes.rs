@@ -44,7 +44,10 @@ use crate::limits::sources::{MAX_EXTENSIONS, MAX_RESOURCES};
 pub struct KubernetesSourceSpec {
     /// The ServiceAccount of this namespace whose permissions the source reads with (it needs
     /// `list` and `watch` on every resource named).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub service_account_name: String,
     /// What to watch, in the source's namespace.
     #[schemars(length(min = 1, max = 16))]
@@ -127,6 +130,21 @@ const RESERVED: [&str; 10] = [
 
 impl Checked {
     pub fn new(spec: &KubernetesSourceSpec) -> Result<Checked, SpecError> {
+        // The name becomes part of the user impersonated: nothing but a ServiceAccount name.
+        let sa = &spec.service_account_name;
+        let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if sa.is_empty()
+            || sa.len() > 253
+            || !sa.chars().all(dns)
+            || sa.starts_with(['-', '.'])
+            || sa.ends_with(['-', '.'])
+        {
+            return Err(SpecError::new(
+                "spec.serviceAccountName",
+                sa,
+                "must be a ServiceAccount name: lower-case letters, digits, '-' and '.', at most 253",
+            ));
+        }
         let mode = match spec.mode.as_deref() {
             None | Some("Reference" | "reference") => Mode::Reference,
             Some("Resource" | "resource") => Mode::Resource,
@@ -538,6 +556,13 @@ mod tests {
         };
         let e = Checked::new(&spec).unwrap_err().to_string();
         assert!(e.contains("spec.mode") && e.contains("everything"), "{e}");
+        for bad in ["", "a:b", "Reader", "x/../y", "-a"] {
+            let mut s = spec.clone();
+            s.mode = None;
+            s.service_account_name = bad.into();
+            let e = Checked::new(&s).unwrap_err().to_string();
+            assert!(e.contains("spec.serviceAccountName"), "{bad:?}: {e}");
+        }
         let mut s = spec.clone();
         s.mode = Some("resource".into());
         s.extensions = Some([("name".to_owned(), "x".to_owned())].into());
